@@ -1,0 +1,333 @@
+//! The operator as a whole: migrations, the pool, and a supervised session that runs the intake
+//! consumer and the outbox relay. A lost broker or database connection ends the session; the
+//! supervisor starts a new one with backoff, so restarts are survived without a human.
+
+use crate::config::OperatorConfig;
+use crate::db::{self, DbPool};
+use crate::http::{self, ApiState};
+use crate::intake::Intake;
+use crate::relay::Relay;
+use anyhow::Context;
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, Consumer};
+use mailtrail_broker::{Incoming, Publisher, connect, declare_topology};
+use mailtrail_shared::topology::Queue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub struct Operator {
+    config: OperatorConfig,
+    pool: DbPool,
+    listener: std::net::TcpListener,
+    broker_ready: Arc<AtomicBool>,
+}
+
+impl Operator {
+    /// Applies migrations (under a lock) and builds the pool.
+    pub async fn build(config: OperatorConfig) -> anyhow::Result<Operator> {
+        let applied = db::migrate(&config.database_url).await?;
+        if !applied.is_empty() {
+            tracing::info!(migrations = ?applied, "database migrated");
+        }
+        let pool = db::build_pool(
+            &config.database_url,
+            config.database_pool_size,
+            config.database_timeout(),
+        )?;
+        let listener = std::net::TcpListener::bind(config.http_addr).with_context(|| {
+            format!(
+                "cannot listen on {} (MAILTRAIL_HTTP_ADDR): is another process using it?",
+                config.http_addr
+            )
+        })?;
+        Ok(Operator {
+            config,
+            pool,
+            listener,
+            broker_ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// The port the HTTP API listens on (useful with `MAILTRAIL_HTTP_ADDR=127.0.0.1:0`).
+    pub fn http_port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    fn start_http(&self) -> anyhow::Result<actix_web::dev::Server> {
+        let state = ApiState {
+            pool: self.pool.clone(),
+            db_timeout: self.config.database_timeout(),
+            broker_ready: self.broker_ready.clone(),
+        };
+        let listener = self.listener.try_clone()?;
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(actix_web::web::Data::new(state.clone()))
+                .app_data(actix_web::web::PathConfig::default())
+                .configure(http::routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        tracing::info!(addr = %self.listener.local_addr()?, "HTTP API listening");
+        Ok(server)
+    }
+
+    /// Runs until `shutdown` is cancelled; then stops taking work, finishes the batch in hand
+    /// (unacked deliveries go back to the queue when the connection closes) and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let server = self.start_http()?;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
+            match self.session(&shutdown).await {
+                Ok(()) => break,
+                Err(error) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Backoff::default();
+                    }
+                    let wait = backoff.next();
+                    tracing::error!(
+                        error = %format!("{error:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "operator session ended; reconnecting"
+                    );
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        tracing::info!("operator stopped");
+        Ok(())
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let topology = self.config.topology();
+        let connection = connect(&self.config.broker()).await?;
+        let result = async {
+            let setup = connection.create_channel().await?;
+            declare_topology(&setup, &topology).await?;
+            let publisher = Publisher::open(&connection).await?;
+            let wake = Arc::new(Notify::new());
+            let intake = Intake::new(
+                self.pool.clone(),
+                publisher.clone(),
+                topology.clone(),
+                self.config.limits(),
+                self.config.database_timeout(),
+                wake.clone(),
+            );
+            let relay = Relay::new(
+                self.pool.clone(),
+                publisher,
+                topology.clone(),
+                self.config.relay_batch,
+                self.config.database_timeout(),
+            );
+            let session_stop = shutdown.child_token();
+            self.broker_ready.store(true, Ordering::Relaxed);
+            let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());
+            let intake_loop = intake_loop(&connection, intake, &self.config, session_stop.clone());
+            // Whichever loop fails first ends the session (and with it the other loop).
+            let result = tokio::try_join!(
+                async {
+                    let r = intake_loop.await;
+                    session_stop.cancel();
+                    r
+                },
+                async {
+                    let r = relay_loop.await;
+                    session_stop.cancel();
+                    r
+                }
+            );
+            result.map(|_| ())
+        }
+        .await;
+        self.broker_ready.store(false, Ordering::Relaxed);
+        // Closing the connection hands every unacked delivery back to its queue.
+        let _ = connection
+            .close(200, "operator session ending".into())
+            .await;
+        result
+    }
+
+    fn relay_interval(&self) -> Duration {
+        Duration::from_millis(self.config.relay_interval_ms.max(10))
+    }
+}
+
+async fn relay_loop(
+    relay: Relay,
+    wake: Arc<Notify>,
+    interval: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        relay.drain().await?;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn consume(
+    connection: &Connection,
+    queue: String,
+    prefetch: u16,
+    tag: &str,
+) -> anyhow::Result<(lapin::Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            format!("{tag}-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume from {queue:?}"))?;
+    Ok((channel, consumer))
+}
+
+/// Takes the next delivery, priority queue first; `None` on shutdown.
+async fn next_delivery(
+    priority: &mut Consumer,
+    normal: &mut Consumer,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<(lapin::message::Delivery, Queue)>> {
+    let (item, queue) = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return Ok(None),
+        item = priority.next() => (item, Queue::MailboxPriority),
+        item = normal.next() => (item, Queue::Mailbox),
+    };
+    match item {
+        Some(Ok(delivery)) => Ok(Some((delivery, queue))),
+        Some(Err(error)) => Err(error).context("the mailbox consumer failed"),
+        None => anyhow::bail!("the broker cancelled the mailbox consumer (queue deleted?)"),
+    }
+}
+
+/// A delivery that is ready now, priority queue first, without waiting.
+fn ready_delivery(
+    priority: &mut Consumer,
+    normal: &mut Consumer,
+) -> anyhow::Result<Option<(lapin::message::Delivery, Queue)>> {
+    for (consumer, queue) in [(priority, Queue::MailboxPriority), (normal, Queue::Mailbox)] {
+        match consumer.next().now_or_never() {
+            Some(Some(Ok(delivery))) => return Ok(Some((delivery, queue))),
+            Some(Some(Err(error))) => return Err(error).context("the mailbox consumer failed"),
+            Some(None) => anyhow::bail!("the broker cancelled the mailbox consumer"),
+            None => {}
+        }
+    }
+    Ok(None)
+}
+
+async fn intake_loop(
+    connection: &Connection,
+    intake: Intake,
+    config: &OperatorConfig,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = config.topology();
+    // Both consumers share one channel and its prefetch, so a flood of normal mail cannot fill
+    // the operator's buffer while urgent mail waits on the broker.
+    let (channel, mut priority) = consume(
+        connection,
+        topology.queue(Queue::MailboxPriority),
+        config.intake_prefetch,
+        "intake-priority",
+    )
+    .await?;
+    let mut normal = channel
+        .basic_consume(
+            topology.queue(Queue::Mailbox).as_str().into(),
+            format!("intake-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot consume from the mailbox queue")?;
+    tracing::info!(
+        mailbox = %topology.queue(Queue::Mailbox),
+        priority = %topology.queue(Queue::MailboxPriority),
+        "intake consuming"
+    );
+
+    while let Some(first) = next_delivery(&mut priority, &mut normal, &stop).await? {
+        let mut deliveries = vec![first];
+        while deliveries.len() < config.intake_batch.max(1) {
+            match ready_delivery(&mut priority, &mut normal)? {
+                Some(delivery) => deliveries.push(delivery),
+                None => break,
+            }
+        }
+        let batch: Vec<Incoming> = deliveries
+            .iter()
+            .map(|(delivery, queue)| Incoming {
+                body: delivery.data.clone(),
+                properties: delivery.properties.clone(),
+                queue: *queue,
+                queue_name: topology.queue(*queue),
+                redelivered: delivery.redelivered,
+            })
+            .collect();
+        // On error nothing is acked: the session ends and closing the connection requeues.
+        intake.handle(&batch).await?;
+        for (delivery, _) in deliveries {
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("cannot ack a mailbox delivery")?;
+        }
+    }
+    Ok(())
+}
+
+/// Exponential backoff from 200 ms to 5 s, with jitter: work resumes within seconds after an
+/// outage ends, while a long outage costs one attempt every few seconds.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let current = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        let jitter = (uuid::Uuid::new_v4().as_u128() % 100) as u32;
+        current + current * jitter / 400
+    }
+}

@@ -1,0 +1,121 @@
+//! The operator's settings: every one a documented `MAILTRAIL_*` environment variable (or the
+//! matching command-line flag) with a sensible default. See README.md ("Configuration").
+
+use clap::Args;
+use mailtrail_broker::BrokerSettings;
+use mailtrail_shared::contract::Limits;
+use mailtrail_shared::topology::{QueueType, Topology};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct OperatorConfig {
+    /// RabbitMQ URL (amqp:// or amqps://).
+    #[arg(
+        long,
+        env = "MAILTRAIL_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// AMQP heartbeat in seconds: a silent broker connection is noticed within about two beats.
+    #[arg(long, env = "MAILTRAIL_AMQP_HEARTBEAT_SECS", default_value_t = 10)]
+    pub amqp_heartbeat_secs: u16,
+
+    /// Prefix of every queue name.
+    #[arg(long, env = "MAILTRAIL_QUEUE_PREFIX", default_value = "mailtrail.")]
+    pub queue_prefix: String,
+
+    /// RabbitMQ queue type of the durable queues: classic or quorum.
+    #[arg(long, env = "MAILTRAIL_QUEUE_TYPE", default_value = "classic")]
+    pub queue_type: QueueType,
+
+    /// PostgreSQL URL of mailtrail's database.
+    #[arg(
+        long,
+        env = "MAILTRAIL_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/mailtrail"
+    )]
+    pub database_url: String,
+
+    /// Largest number of database connections.
+    #[arg(long, env = "MAILTRAIL_DATABASE_POOL_SIZE", default_value_t = 8)]
+    pub database_pool_size: usize,
+
+    /// Client-side deadline of every database call, in milliseconds.
+    #[arg(long, env = "MAILTRAIL_DATABASE_TIMEOUT_MS", default_value_t = 5000)]
+    pub database_timeout_ms: u64,
+
+    /// Address of the operator's HTTP API.
+    #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Mailbox messages the broker may hand the intake before it acks (AMQP prefetch).
+    #[arg(long, env = "MAILTRAIL_INTAKE_PREFETCH", default_value_t = 200)]
+    pub intake_prefetch: u16,
+
+    /// Largest number of mailbox requests recorded in one transaction.
+    #[arg(long, env = "MAILTRAIL_INTAKE_BATCH", default_value_t = 100)]
+    pub intake_batch: usize,
+
+    /// Largest number of dispatch jobs the relay publishes per round.
+    #[arg(long, env = "MAILTRAIL_RELAY_BATCH", default_value_t = 200)]
+    pub relay_batch: i64,
+
+    /// How often the relay looks for pending jobs without being woken (milliseconds); it is also
+    /// woken by every intake commit.
+    #[arg(long, env = "MAILTRAIL_RELAY_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_interval_ms: u64,
+
+    /// Largest accepted mailbox request, in bytes.
+    #[arg(long, env = "MAILTRAIL_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Most distinct recipients per mailbox request.
+    #[arg(long, env = "MAILTRAIL_MAX_RECIPIENTS", default_value_t = 50)]
+    pub max_recipients: usize,
+
+    /// Largest request size × recipient count, in bytes: bounds what one request puts on the broker.
+    #[arg(long, env = "MAILTRAIL_MAX_FANOUT_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub max_fanout_bytes: usize,
+
+    /// How long a shutdown waits for in-flight work before giving up, in milliseconds.
+    #[arg(long, env = "MAILTRAIL_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+}
+
+impl OperatorConfig {
+    /// The defaults (and any `MAILTRAIL_*` variables set), as `operator run` would see them.
+    pub fn from_env() -> OperatorConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: OperatorConfig,
+        }
+        <Wrapper as clap::Parser>::parse_from(["operator"]).config
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.queue_prefix.clone(), self.queue_type)
+    }
+
+    pub fn broker(&self) -> BrokerSettings {
+        BrokerSettings {
+            url: self.amqp_url.clone(),
+            heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
+            connection_name: format!("mailtrail-operator@{}", std::process::id()),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_bytes: self.max_request_bytes,
+            max_recipients: self.max_recipients,
+            max_fanout_bytes: self.max_fanout_bytes,
+        }
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
+    }
+}

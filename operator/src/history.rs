@@ -1,0 +1,153 @@
+//! Recording events in emails' histories, by the rules in `mailtrail_shared::history`:
+//! each event gets the email's next sequence number, and the summary status moves only to a
+//! status of higher precedence, so the summary does not depend on arrival order.
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, Int2, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use mailtrail_shared::history::EventType;
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// De-duplication key: an event whose id is already recorded is skipped.
+    pub event_id: Uuid,
+    pub email_id: Uuid,
+    pub event_type: EventType,
+    pub occurred_at: DateTime<Utc>,
+    pub source: String,
+    pub details: serde_json::Value,
+}
+
+/// Records events (skipping ids already recorded) and moves each email's summary. Returns how
+/// many were recorded. Runs inside the caller's transaction.
+pub async fn record_events(
+    conn: &mut AsyncPgConnection,
+    events: Vec<NewEvent>,
+) -> diesel::QueryResult<usize> {
+    let mut recorded = 0;
+    // An UPDATE … FROM bumps each email once per statement, so an email with several events in
+    // this call is handled over several rounds, in the order given.
+    for round in rounds_with_distinct_emails(events) {
+        recorded += record_round(conn, round).await?;
+    }
+    Ok(recorded)
+}
+
+fn rounds_with_distinct_emails(events: Vec<NewEvent>) -> Vec<Vec<NewEvent>> {
+    let mut rounds: Vec<(HashSet<Uuid>, Vec<NewEvent>)> = Vec::new();
+    for event in events {
+        // The first round after the last one that holds this email keeps the given order.
+        let last_with_email = rounds
+            .iter()
+            .rposition(|(emails, _)| emails.contains(&event.email_id));
+        let target = last_with_email.map_or(0, |i| i + 1);
+        if target == rounds.len() {
+            rounds.push((HashSet::new(), Vec::new()));
+        }
+        rounds[target].0.insert(event.email_id);
+        rounds[target].1.push(event);
+    }
+    rounds.into_iter().map(|(_, events)| events).collect()
+}
+
+async fn record_round(
+    conn: &mut AsyncPgConnection,
+    events: Vec<NewEvent>,
+) -> diesel::QueryResult<usize> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut event_ids = Vec::with_capacity(events.len());
+    let mut email_ids = Vec::with_capacity(events.len());
+    let mut types = Vec::with_capacity(events.len());
+    let mut ranks = Vec::with_capacity(events.len());
+    let mut precedences = Vec::with_capacity(events.len());
+    let mut occurred = Vec::with_capacity(events.len());
+    let mut sources = Vec::with_capacity(events.len());
+    let mut details = Vec::with_capacity(events.len());
+    for e in events {
+        event_ids.push(e.event_id);
+        email_ids.push(e.email_id);
+        types.push(e.event_type.as_str().to_owned());
+        ranks.push(e.event_type.lifecycle_rank());
+        precedences.push(e.event_type.status_precedence());
+        occurred.push(e.occurred_at);
+        sources.push(e.source);
+        details.push(e.details);
+    }
+    diesel::sql_query(
+        r#"
+        WITH incoming AS (
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::int2[],
+                                 $6::timestamptz[], $7::text[], $8::jsonb[])
+                AS i(event_id, email_id, event_type, lifecycle_rank, precedence, occurred_at,
+                     source, details)
+            WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
+        ), bumped AS (
+            UPDATE emails m
+               SET last_seq = m.last_seq + 1,
+                   status = CASE WHEN incoming.precedence > m.status_precedence
+                                 THEN incoming.event_type ELSE m.status END,
+                   status_precedence = GREATEST(m.status_precedence, incoming.precedence),
+                   updated_at = now()
+              FROM incoming
+             WHERE m.id = incoming.email_id
+         RETURNING m.id AS email_id, m.last_seq AS seq, incoming.*
+        )
+        INSERT INTO events (event_id, email_id, seq, event_type, lifecycle_rank, occurred_at,
+                            source, details)
+        SELECT b.event_id, b.email_id, b.seq, b.event_type, b.lifecycle_rank, b.occurred_at,
+               b.source, b.details
+          FROM bumped b
+        "#,
+    )
+    .bind::<Array<SqlUuid>, _>(event_ids)
+    .bind::<Array<SqlUuid>, _>(email_ids)
+    .bind::<Array<Text>, _>(types)
+    .bind::<Array<Int2>, _>(ranks)
+    .bind::<Array<Int2>, _>(precedences)
+    .bind::<Array<Timestamptz>, _>(occurred)
+    .bind::<Array<Text>, _>(sources)
+    .bind::<Array<Jsonb>, _>(details)
+    .execute(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(email: u128) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::new_v4(),
+            email_id: Uuid::from_u128(email),
+            event_type: EventType::Queued,
+            occurred_at: Utc::now(),
+            source: "test".into(),
+            details: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn rounds_keep_each_email_once_and_in_order() {
+        let events = vec![event(1), event(2), event(1), event(3), event(1)];
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rounds = rounds_with_distinct_emails(events);
+        assert_eq!(rounds.len(), 3);
+        for round in &rounds {
+            let distinct: HashSet<_> = round.iter().map(|e| e.email_id).collect();
+            assert_eq!(distinct.len(), round.len());
+        }
+        // Email 1's events stay in the given order across rounds.
+        let email1: Vec<Uuid> = rounds
+            .iter()
+            .flatten()
+            .filter(|e| e.email_id == Uuid::from_u128(1))
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(email1, vec![ids[0], ids[2], ids[4]]);
+    }
+}

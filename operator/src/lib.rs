@@ -1,0 +1,23 @@
+//! mailtrail's operator: the only component that touches PostgreSQL.
+//!
+//! * [`intake`]: consumes `mailbox.priority` then `mailbox`, validates, and records request,
+//!   emails, `accepted` events and outbox rows in one transaction before acking.
+//! * [`relay`]: publishes outbox rows to `dispatching(.priority)` with confirms and records
+//!   `queued`.
+//! * [`history`]: appends events and moves the summary status by the precedence table.
+//! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
+//! * [`app`]: the supervised session that runs both and reconnects after failures.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod faults;
+pub mod history;
+pub mod http;
+pub mod intake;
+pub mod keys;
+pub mod relay;
+pub mod schema;
+
+pub use app::Operator;
+pub use config::OperatorConfig;

@@ -1,0 +1,241 @@
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use mailtrail_broker::{Incoming, Publisher, declare_topology, header_string};
+use mailtrail_operator::db::{DbPool, build_pool};
+use mailtrail_operator::intake::Intake;
+use mailtrail_operator::relay::Relay;
+use mailtrail_operator::{Operator, OperatorConfig};
+use mailtrail_shared::dispatch::DispatchJob;
+use mailtrail_shared::topology::Queue;
+use mailtrail_test_support::{TestBroker, TestDb, amqp_url};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One test's private world: its own database and queue prefix.
+pub struct World {
+    pub db: TestDb,
+    pub broker: TestBroker,
+    pub config: OperatorConfig,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl World {
+    pub async fn new() -> World {
+        mailtrail_test_support::init_tracing();
+        let db = TestDb::new().await;
+        let broker = TestBroker::new();
+        let mut config = OperatorConfig::from_env();
+        config.database_url = db.url().to_owned();
+        config.amqp_url = amqp_url();
+        config.queue_prefix = broker.prefix().to_owned();
+        config.relay_interval_ms = 200;
+        let connection = broker.connect().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        declare_topology(&channel, &config.topology())
+            .await
+            .expect("topology");
+        World {
+            db,
+            broker,
+            config,
+            connection,
+            channel,
+        }
+    }
+
+    pub fn queue(&self, queue: Queue) -> String {
+        self.config.topology().queue(queue)
+    }
+
+    pub fn pool(&self) -> DbPool {
+        build_pool(self.db.url(), 4, Duration::from_secs(5)).expect("pool")
+    }
+
+    /// The intake and relay steps, driven by the test without the consume loop.
+    pub async fn steps(&self) -> (Intake, Relay) {
+        let publisher = Publisher::open(&self.connection).await.expect("publisher");
+        let pool = self.pool();
+        let topology = self.config.topology();
+        let intake = Intake::new(
+            pool.clone(),
+            publisher.clone(),
+            topology.clone(),
+            self.config.limits(),
+            Duration::from_secs(5),
+            Arc::new(Notify::new()),
+        );
+        let relay = Relay::new(pool, publisher, topology, 50, Duration::from_secs(5));
+        (intake, relay)
+    }
+
+    /// Runs the operator in-process until the returned token is cancelled.
+    pub async fn start_operator(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let operator = Operator::build(self.config.clone())
+            .await
+            .expect("operator");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            operator
+                .run_until_stopped(token)
+                .await
+                .expect("operator run");
+        });
+        (stop, handle)
+    }
+
+    /// The environment for running the operator binary in this world.
+    pub fn operator_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MAILTRAIL_DATABASE_URL", self.db.url().to_owned()),
+            ("MAILTRAIL_AMQP_URL", amqp_url()),
+            ("MAILTRAIL_QUEUE_PREFIX", self.broker.prefix().to_owned()),
+            ("MAILTRAIL_RELAY_INTERVAL_MS", "200".to_owned()),
+            ("MAILTRAIL_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+        ]
+    }
+
+    /// Publishes a mailbox message with a confirm, as an app would.
+    pub async fn publish(&self, queue: Queue, body: &[u8], message_id: Option<&str>) {
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        if let Some(id) = message_id {
+            properties = properties.with_message_id(id.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue(queue).as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "the broker did not take the message");
+    }
+
+    /// Takes every message now waiting in a queue (acking them).
+    pub async fn drain_queue(&self, queue: Queue) -> Vec<lapin::message::BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.queue(queue).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            messages.push(message);
+        }
+        messages
+    }
+
+    pub async fn dispatch_jobs(&self, queue: Queue) -> Vec<DispatchJob> {
+        self.drain_queue(queue)
+            .await
+            .into_iter()
+            .map(|m| serde_json::from_slice(&m.delivery.data).expect("a dispatch job"))
+            .collect()
+    }
+
+    /// Rows of `SELECT` through a plain client, for assertions.
+    pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, connection) = tokio_postgres::connect(self.db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client.query(sql, &[]).await.expect(sql)
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.query(sql).await[0].get::<_, i64>(0)
+    }
+}
+
+/// A mailbox message as the intake step receives it.
+pub fn incoming(world: &World, queue: Queue, body: &str, message_id: Option<&str>) -> Incoming {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into());
+    if let Some(id) = message_id {
+        properties = properties.with_message_id(id.into());
+    }
+    Incoming {
+        body: body.as_bytes().to_vec(),
+        properties,
+        queue,
+        queue_name: world.queue(queue),
+        redelivered: false,
+    }
+}
+
+/// The reason header of a set-aside message.
+pub fn reason_of(message: &lapin::message::BasicGetMessage) -> Option<String> {
+    header_string(
+        &message.delivery.properties,
+        mailtrail_shared::headers::REASON,
+    )
+}
+
+#[allow(dead_code)]
+pub fn header_table(pairs: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    table
+}
+
+/// A minimal HTTP/1.1 GET over a plain socket: (status, content type, body as JSON).
+pub async fn http_get(
+    port: u16,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the API");
+    let auth = bearer
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, content_type, body)
+}

@@ -1,0 +1,10 @@
+//! The operator's integration tests: real PostgreSQL and RabbitMQ, a database and a queue prefix
+//! per test, the real operator binary where a process must die.
+
+mod api;
+mod crash;
+mod examples;
+mod helpers;
+mod hostile;
+mod intake;
+mod reconnect;
