@@ -78,9 +78,18 @@ impl World {
 
     /// Runs the operator in-process until the returned token is cancelled.
     pub async fn start_operator(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-        let operator = Operator::build(self.config.clone())
-            .await
-            .expect("operator");
+        let (stop, handle, _port) = self.start_operator_with_port().await;
+        (stop, handle)
+    }
+
+    /// Like `start_operator`, also giving the port its HTTP API listens on.
+    pub async fn start_operator_with_port(
+        &self,
+    ) -> (CancellationToken, tokio::task::JoinHandle<()>, u16) {
+        let mut config = self.config.clone();
+        config.http_addr = "127.0.0.1:0".parse().expect("an address");
+        let operator = Operator::build(config).await.expect("operator");
+        let port = operator.http_port();
         let stop = CancellationToken::new();
         let token = stop.clone();
         let handle = tokio::spawn(async move {
@@ -89,7 +98,7 @@ impl World {
                 .await
                 .expect("operator run");
         });
-        (stop, handle)
+        (stop, handle, port)
     }
 
     /// The environment for running the operator binary in this world.
