@@ -95,7 +95,7 @@ async fn record_round(
                    updated_at = now()
               FROM incoming
              WHERE m.id = incoming.email_id
-         RETURNING m.id AS email_id, m.last_seq AS seq, incoming.*
+         RETURNING m.last_seq AS seq, incoming.*
         )
         INSERT INTO events (event_id, email_id, seq, event_type, lifecycle_rank, occurred_at,
                             source, details)

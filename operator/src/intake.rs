@@ -386,17 +386,23 @@ impl Intake {
 
 /// True for errors the database raised about the data (as opposed to a lost connection or a
 /// timeout): retrying the same data would fail again.
+/// True when the database refused the data itself (a constraint), which retrying cannot fix.
+/// Anything else (a lost connection, a timeout, a full disk, a bug in a query) is an error the
+/// caller retries: setting valid mail aside because the database is unwell would be worse.
 fn is_data_error(error: &anyhow::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<Error>(),
-            Some(Error::DatabaseError(kind, _)) if !matches!(
-                kind,
-                DatabaseErrorKind::ClosedConnection
-                    | DatabaseErrorKind::SerializationFailure
-                    | DatabaseErrorKind::ReadOnlyTransaction
-            )
+            Some(Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::NotNullViolation
+                    | DatabaseErrorKind::CheckViolation
+                    | DatabaseErrorKind::RestrictViolation
+                    | DatabaseErrorKind::ExclusionViolation,
+                _
+            ))
         ) || cause.downcast_ref::<serde_json::Error>().is_some()
     })
 }

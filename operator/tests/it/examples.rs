@@ -32,7 +32,14 @@ async fn the_python_and_node_examples_publish_requests_the_operator_accepts() {
     let world = World::new().await;
     let (stop, handle) = world.start_operator().await;
     let examples = workspace_dir().join("docs/examples");
-    let python = std::env::var("MAILTRAIL_EXAMPLES_PYTHON").unwrap_or_else(|_| "python3".into());
+    let venv_python = workspace_dir().join("target/examples-venv/bin/python");
+    let python = std::env::var("MAILTRAIL_EXAMPLES_PYTHON").unwrap_or_else(|_| {
+        if venv_python.exists() {
+            venv_python.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
     let script = examples.join("python/publish.py");
     run_example(&world, &python, &[script.to_str().unwrap_or_default()], "from-python");
     let script = examples.join("node/publish.js");
