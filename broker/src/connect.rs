@@ -36,17 +36,20 @@ pub async fn connect(settings: &BrokerSettings) -> anyhow::Result<Connection> {
     // A peer that accepts TCP but never answers (a black-holed proxy) must not hang us: the
     // handshake gets the same budget as two missed heartbeats, at least five seconds.
     let budget = (settings.heartbeat * 2).max(Duration::from_secs(5));
-    tokio::time::timeout(budget, Connection::connect(&settings.effective_url(), properties))
-        .await
-        .map_err(|_| anyhow::anyhow!("no AMQP handshake within {} s", budget.as_secs()))
-        .and_then(|connected| connected.map_err(anyhow::Error::from))
-        .with_context(|| {
-            format!(
-                "cannot connect to RabbitMQ at {}: is it running, and are MAILTRAIL_AMQP_URL's \
+    tokio::time::timeout(
+        budget,
+        Connection::connect(&settings.effective_url(), properties),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("no AMQP handshake within {} s", budget.as_secs()))
+    .and_then(|connected| connected.map_err(anyhow::Error::from))
+    .with_context(|| {
+        format!(
+            "cannot connect to RabbitMQ at {}: is it running, and are MAILTRAIL_AMQP_URL's \
                  credentials right?",
-                redact(&settings.url)
-            )
-        })
+            redact(&settings.url)
+        )
+    })
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.

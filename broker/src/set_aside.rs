@@ -30,11 +30,7 @@ impl SetAside {
     /// The dead-letter copy of `original`: same body, its properties and headers kept, plus the
     /// reason headers. The copy is persistent whatever the original was.
     pub fn message_for(&self, original: &Incoming, topology: &Topology) -> OutgoingMessage {
-        let mut table = original
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+        let mut table = original.properties.headers().clone().unwrap_or_default();
         let mut put = |name: &str, value: &str| {
             table.insert(name.into(), AMQPValue::LongString(value.into()));
         };

@@ -146,6 +146,16 @@ async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
 }
 
 /// One event of a history, as the API shows it.
+/// (type, occurred_at, recorded_at, source, seq, details) of one history event.
+type EventRow = (
+    String,
+    DateTime<Utc>,
+    DateTime<Utc>,
+    String,
+    i32,
+    serde_json::Value,
+);
+
 #[derive(Debug, Serialize)]
 pub struct EventView {
     #[serde(rename = "type")]
@@ -217,20 +227,19 @@ async fn message_history(
         if !principal.may_see(&row.1) {
             return Ok(None);
         }
-        let history: Vec<(String, DateTime<Utc>, DateTime<Utc>, String, i32, serde_json::Value)> =
-            events::table
-                .filter(events::email_id.eq(id))
-                .order((events::occurred_at, events::lifecycle_rank, events::seq))
-                .select((
-                    events::event_type,
-                    events::occurred_at,
-                    events::recorded_at,
-                    events::source,
-                    events::seq,
-                    events::details,
-                ))
-                .load(&mut conn)
-                .await?;
+        let history: Vec<EventRow> = events::table
+            .filter(events::email_id.eq(id))
+            .order((events::occurred_at, events::lifecycle_rank, events::seq))
+            .select((
+                events::event_type,
+                events::occurred_at,
+                events::recorded_at,
+                events::source,
+                events::seq,
+                events::details,
+            ))
+            .load(&mut conn)
+            .await?;
         Ok(Some((row, history)))
     })
     .await

@@ -134,6 +134,9 @@ pub async fn revoke(conn: &mut AsyncPgConnection, prefix_or_id: &str) -> anyhow:
     Ok(updated > 0)
 }
 
+/// (id, hash, tenant, role, revoked_at) of a stored key.
+type KeyRow = (Uuid, Vec<u8>, Option<String>, String, Option<DateTime<Utc>>);
+
 /// Verifies a presented key. `None` for unknown, malformed, mismatching or revoked keys — the
 /// caller answers all of them alike (401), so nothing tells which part was wrong.
 pub async fn authenticate(
@@ -143,19 +146,18 @@ pub async fn authenticate(
     let Some(prefix) = key_prefix(presented) else {
         return Ok(None);
     };
-    let row: Option<(Uuid, Vec<u8>, Option<String>, String, Option<DateTime<Utc>>)> =
-        api_keys::table
-            .filter(api_keys::key_prefix.eq(prefix))
-            .select((
-                api_keys::id,
-                api_keys::key_hash,
-                api_keys::tenant,
-                api_keys::role,
-                api_keys::revoked_at,
-            ))
-            .first(conn)
-            .await
-            .optional()?;
+    let row: Option<KeyRow> = api_keys::table
+        .filter(api_keys::key_prefix.eq(prefix))
+        .select((
+            api_keys::id,
+            api_keys::key_hash,
+            api_keys::tenant,
+            api_keys::role,
+            api_keys::revoked_at,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
     let Some((id, stored_hash, tenant, role, revoked_at)) = row else {
         return Ok(None);
     };

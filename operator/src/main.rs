@@ -103,7 +103,10 @@ async fn manage_keys(config: &OperatorConfig, command: KeysCommand) -> anyhow::R
             println!("{key}");
         }
         KeysCommand::List => {
-            println!("{:<17} {:<8} {:<16} {:<20} {:<26} status", "prefix", "role", "tenant", "name", "created");
+            println!(
+                "{:<17} {:<8} {:<16} {:<20} {:<26} status",
+                "prefix", "role", "tenant", "name", "created"
+            );
             for k in keys::list(&mut conn).await? {
                 let status = match k.revoked_at {
                     Some(at) => format!("revoked {}", at.format("%Y-%m-%d %H:%M")),

@@ -100,7 +100,14 @@ diesel::joinable!(emails -> requests (request_id));
 diesel::joinable!(events -> emails (email_id));
 diesel::joinable!(outbox -> emails (email_id));
 
-diesel::allow_tables_to_appear_in_same_query!(requests, emails, events, outbox, dead_letters, api_keys);
+diesel::allow_tables_to_appear_in_same_query!(
+    requests,
+    emails,
+    events,
+    outbox,
+    dead_letters,
+    api_keys
+);
 
 diesel::table! {
     api_keys (id) {

@@ -46,7 +46,9 @@ pub fn parse_address(input: &str) -> Result<Address, AddressError> {
         )));
     }
     if let Some(c) = input.chars().find(|c| c.is_control()) {
-        return Err(err(format!("{input:?} contains the control character {c:?}")));
+        return Err(err(format!(
+            "{input:?} contains the control character {c:?}"
+        )));
     }
     let trimmed = input.trim();
     if trimmed.is_empty() {
@@ -159,7 +161,9 @@ fn validate_local(local: &str, address: &str) -> Result<(), AddressError> {
     }
     // RFC 5322 atext, plus non-ASCII letters for internationalised (SMTPUTF8) addresses.
     let atext = |c: char| {
-        c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || (!c.is_ascii() && c.is_alphanumeric())
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+            || (!c.is_ascii() && c.is_alphanumeric())
     };
     if let Some(bad) = local.chars().find(|c| !atext(*c)) {
         return Err(err(format!(
@@ -180,7 +184,11 @@ fn validate_domain(domain: &str, address: &str) -> Result<String, AddressError> 
         )));
     }
     let ascii = idna::domain_to_ascii(domain)
-        .map_err(|_| err(format!("the domain of {address:?} is not a valid domain name")))?
+        .map_err(|_| {
+            err(format!(
+                "the domain of {address:?} is not a valid domain name"
+            ))
+        })?
         .to_ascii_lowercase();
     if ascii.len() > 253 {
         return Err(err(format!("the domain of {address:?} is too long")));
@@ -196,7 +204,9 @@ fn validate_domain(domain: &str, address: &str) -> Result<String, AddressError> 
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid {
             return Err(err(format!(
                 "the domain of {address:?} has an invalid label {label:?}: letters, digits and inner hyphens only, 1 to 63 characters"
@@ -264,7 +274,10 @@ mod tests {
     fn unicode_domains_are_canonicalised_to_idna() {
         let unicode = ok("Jörg@Bücher.example");
         assert_eq!(unicode.canonical, "jörg@xn--bcher-kva.example");
-        assert_eq!(ok("jörg@xn--bcher-kva.example").canonical, unicode.canonical);
+        assert_eq!(
+            ok("jörg@xn--bcher-kva.example").canonical,
+            unicode.canonical
+        );
         assert_eq!(unicode.address, "Jörg@Bücher.example");
     }
 

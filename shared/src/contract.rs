@@ -311,7 +311,11 @@ impl Decoder<'_> {
         self.fail(RejectReason::InvalidField, detail)
     }
 
-    fn decode(&self, envelope: &Envelope<'_>, limits: &Limits) -> Result<MailboxRequest, Rejection> {
+    fn decode(
+        &self,
+        envelope: &Envelope<'_>,
+        limits: &Limits,
+    ) -> Result<MailboxRequest, Rejection> {
         let object = self.object;
         match object.get("version") {
             None => {}
@@ -647,9 +651,7 @@ impl Decoder<'_> {
             return Err(self.invalid("metadata must be an object of string keys to string values"));
         };
         if map.len() > MAX_METADATA_ENTRIES {
-            return Err(self.invalid(format!(
-                "more than {MAX_METADATA_ENTRIES} metadata entries"
-            )));
+            return Err(self.invalid(format!("more than {MAX_METADATA_ENTRIES} metadata entries")));
         }
         let mut metadata = BTreeMap::new();
         for (key, value) in map {
@@ -707,9 +709,9 @@ impl Decoder<'_> {
                 match fields.get(name) {
                     None => Ok(None),
                     Some(Value::String(s)) => Ok(Some(s)),
-                    Some(_) => Err(self.invalid(format!(
-                        "attachments[{index}].{name} must be a string"
-                    ))),
+                    Some(_) => {
+                        Err(self.invalid(format!("attachments[{index}].{name} must be a string")))
+                    }
                 }
             };
             let missing = |name: &str| {
@@ -918,7 +920,10 @@ mod tests {
     }
 
     fn reason(body: &str) -> &'static str {
-        decode_str(body).expect_err("should be refused").reason.code()
+        decode_str(body)
+            .expect_err("should be refused")
+            .reason
+            .code()
     }
 
     fn with(extra: &str) -> String {
@@ -959,12 +964,12 @@ mod tests {
     fn the_key_comes_from_the_body_then_the_message_id_then_a_fresh_uuid() {
         let body = with("");
         let mut env = envelope(&body);
-        let generated = decode(&env, &Limits::default()).unwrap();
+        let generated = decode(&env, &Limits::default()).expect("accepted");
         assert_eq!(generated.key_source, KeySource::Generated);
         assert_eq!(generated.tenant, DEFAULT_TENANT);
         assert!(uuid::Uuid::parse_str(&generated.key).is_ok());
         env.message_id = Some("amqp-7");
-        let from_property = decode(&env, &Limits::default()).unwrap();
+        let from_property = decode(&env, &Limits::default()).expect("accepted");
         assert_eq!(
             (from_property.key.as_str(), from_property.key_source),
             ("amqp-7", KeySource::MessageId)
@@ -974,7 +979,10 @@ mod tests {
             message_id: Some("amqp-7"),
             ..envelope(&body)
         };
-        assert_eq!(decode(&env, &Limits::default()).unwrap().key, "body-7");
+        assert_eq!(
+            decode(&env, &Limits::default()).expect("accepted").key,
+            "body-7"
+        );
     }
 
     #[test]
@@ -982,13 +990,13 @@ mod tests {
         let a = decode_str(
             r#"{"id":"k","from":"s@a.test","to":["x@b.test","y@b.test"],"subject":"S","text":"T","tags":["p","q"]}"#,
         )
-        .unwrap();
+        .expect("accepted");
         let b = decode_str(
             r#"{ "text": "T", "subject": "S", "to": ["Y@B.test", "x@b.test"], "tags": ["q","p"],
                  "from": "s@a.test", "id": "other", "version": 1, "tenant": "default",
                  "priority": "normal" }"#,
         )
-        .unwrap();
+        .expect("accepted");
         // Y@B.test keeps its spelling, which is content (it is what the recipient sees).
         assert_ne!(a.content_hash, b.content_hash);
         let c = decode_str(
@@ -996,16 +1004,16 @@ mod tests {
                  "from": "s@a.test", "id": "other", "version": 1, "tenant": "default",
                  "priority": "normal" }"#,
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(a.content_hash, c.content_hash);
         let d = decode_str(
             r#"{"id":"k","from":"s@a.test","to":["x@b.test","y@b.test"],"subject":"S!","text":"T","tags":["p","q"]}"#,
         )
-        .unwrap();
+        .expect("accepted");
         assert_ne!(a.content_hash, d.content_hash);
         // The priority queue raises the priority but is not content.
         let body = with(r#", "id": "q""#);
-        let normal = decode(&envelope(&body), &Limits::default()).unwrap();
+        let normal = decode(&envelope(&body), &Limits::default()).expect("accepted");
         let urgent = decode(
             &Envelope {
                 via_priority_queue: true,
@@ -1013,7 +1021,7 @@ mod tests {
             },
             &Limits::default(),
         )
-        .unwrap();
+        .expect("accepted");
         assert_eq!(urgent.priority, Priority::High);
         assert_eq!(normal.content_hash, urgent.content_hash);
     }
@@ -1053,7 +1061,10 @@ mod tests {
             reason(&with(r#", "headers": {"X-A": "1\nBcc: x@y.z"}"#)),
             "header_injection"
         );
-        assert_eq!(reason(&with(r#", "headers": {"Bcc": "x@y.z"}"#)), "invalid_field");
+        assert_eq!(
+            reason(&with(r#", "headers": {"Bcc": "x@y.z"}"#)),
+            "invalid_field"
+        );
         assert_eq!(
             reason(&with(r#", "headers": {"X-Mailtrail-Id": "1"}"#)),
             "invalid_field"
@@ -1066,9 +1077,14 @@ mod tests {
             reason(&with(&format!(r#", "id": "{}""#, "k".repeat(129)))),
             "invalid_field"
         );
-        assert_eq!(reason(&with("").replace("Hello", r"He\u0000llo")), "invalid_field");
         assert_eq!(
-            reason(&with(r#", "attachments": [{"filename": "a", "content": "!!"}]"#)),
+            reason(&with("").replace("Hello", r"He\u0000llo")),
+            "invalid_field"
+        );
+        assert_eq!(
+            reason(&with(
+                r#", "attachments": [{"filename": "a", "content": "!!"}]"#
+            )),
             "invalid_field"
         );
         assert_eq!(
@@ -1085,18 +1101,20 @@ mod tests {
             max_fanout_bytes: 150,
         };
         let big = with(&format!(r#", "html": "{}""#, "x".repeat(500)));
-        let refused = decode(&envelope(&big), &limits).unwrap_err();
+        let refused = decode(&envelope(&big), &limits).expect_err("refused");
         assert_eq!(refused.reason, RejectReason::TooLarge);
         let three = with("").replace(
             r#""bob@example.com""#,
             r#"["a@x.test", "b@x.test", "A@x.test", "c@x.test"]"#,
         );
         assert_eq!(
-            decode(&envelope(&three), &limits).unwrap_err().reason,
+            decode(&envelope(&three), &limits)
+                .expect_err("refused")
+                .reason,
             RejectReason::TooManyRecipients
         );
         let two = with("").replace(r#""bob@example.com""#, r#"["a@x.test", "b@x.test"]"#);
-        let refused = decode(&envelope(&two), &limits).unwrap_err();
+        let refused = decode(&envelope(&two), &limits).expect_err("refused");
         assert_eq!(refused.reason, RejectReason::FanoutTooLarge);
         assert_eq!(refused.tenant.as_deref(), Some(DEFAULT_TENANT));
         let other_type = Envelope {
@@ -1104,7 +1122,9 @@ mod tests {
             ..envelope(&two)
         };
         assert_eq!(
-            decode(&other_type, &Limits::default()).unwrap_err().reason,
+            decode(&other_type, &Limits::default())
+                .expect_err("refused")
+                .reason,
             RejectReason::NotJson
         );
     }
@@ -1112,7 +1132,7 @@ mod tests {
     #[test]
     fn a_rejection_names_the_tenant_and_key_when_it_can() {
         let refused = decode_str(&with(r#", "tenant": "acme", "id": "k1", "priority": 3"#))
-            .unwrap_err();
+            .expect_err("refused");
         assert_eq!(refused.tenant.as_deref(), Some("acme"));
         assert_eq!(refused.key.as_deref(), Some("k1"));
         assert!(refused.detail.contains("priority"), "{}", refused.detail);

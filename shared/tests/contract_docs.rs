@@ -55,7 +55,11 @@ fn every_documented_example_behaves_as_documented_in_schema_and_decoder() {
     let markdown =
         std::fs::read_to_string(docs().join("mailbox-contract.md")).expect("the contract doc");
     let examples = json_examples(&markdown);
-    assert!(examples.len() >= 8, "found only {} examples", examples.len());
+    assert!(
+        examples.len() >= 8,
+        "found only {} examples",
+        examples.len()
+    );
     let validator = validator();
     for (info, body) in examples {
         let instance: Value = serde_json::from_str(&body).expect("examples are JSON");

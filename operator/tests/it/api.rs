@@ -13,7 +13,9 @@ async fn history_needs_a_key_and_shows_only_the_keys_tenant() {
     let request = r#"{"id": "api-1", "tenant": "acme", "from": "Acme <shop@acme.test>",
         "to": "Ann@Example.com", "subject": "Welcome", "text": "Hi",
         "tags": ["welcome"], "metadata": {"user": "42"}}"#;
-    world.publish(Queue::Mailbox, request.as_bytes(), None).await;
+    world
+        .publish(Queue::Mailbox, request.as_bytes(), None)
+        .await;
     let (stop, handle, port) = world.start_operator_with_port().await;
     let email = ids::email_id("acme", "api-1", "ann@example.com");
     let path = format!("/v1/messages/{email}");
@@ -46,14 +48,18 @@ async fn history_needs_a_key_and_shows_only_the_keys_tenant() {
     let forged = format!("{}x", &acme_read[..acme_read.len() - 1]);
     assert_eq!(http_get(port, &path, Some(&forged)).await.0, 401);
 
-    let history = eventually("the history shows accepted and queued", Duration::from_secs(20), || {
-        let (path, key) = (path.clone(), acme_read.clone());
-        async move {
-            let (status, _, body) = http_get(port, &path, Some(&key)).await;
-            (status == 200 && body["events"].as_array().is_some_and(|e| e.len() == 2))
-                .then_some(body)
-        }
-    })
+    let history = eventually(
+        "the history shows accepted and queued",
+        Duration::from_secs(20),
+        || {
+            let (path, key) = (path.clone(), acme_read.clone());
+            async move {
+                let (status, _, body) = http_get(port, &path, Some(&key)).await;
+                (status == 200 && body["events"].as_array().is_some_and(|e| e.len() == 2))
+                    .then_some(body)
+            }
+        },
+    )
     .await;
     assert_eq!(history["id"], email.to_string());
     assert_eq!(history["request_id"], "api-1");
@@ -63,7 +69,11 @@ async fn history_needs_a_key_and_shows_only_the_keys_tenant() {
     assert_eq!(history["status"], "queued");
     assert_eq!(history["tags"], serde_json::json!(["welcome"]));
     assert_eq!(history["metadata"]["user"], "42");
-    assert!(history["from"].as_str().is_some_and(|f| f.contains("shop@acme.test")));
+    assert!(
+        history["from"]
+            .as_str()
+            .is_some_and(|f| f.contains("shop@acme.test"))
+    );
     let types: Vec<&str> = history["events"]
         .as_array()
         .into_iter()
@@ -78,11 +88,19 @@ async fn history_needs_a_key_and_shows_only_the_keys_tenant() {
 
     // Another tenant's key gets 404, exactly as for an unknown email; an all-tenant key sees it.
     let (status, content_type, _) = http_get(port, &path, Some(&globex)).await;
-    assert_eq!((status, content_type.as_str()), (404, "application/problem+json"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "application/problem+json")
+    );
     assert_eq!(http_get(port, &path, Some(&everyone)).await.0, 200);
     let unknown = format!("/v1/messages/{}", uuid::Uuid::new_v4());
     assert_eq!(http_get(port, &unknown, Some(&everyone)).await.0, 404);
-    assert_eq!(http_get(port, "/v1/messages/not-a-uuid", Some(&everyone)).await.0, 404);
+    assert_eq!(
+        http_get(port, "/v1/messages/not-a-uuid", Some(&everyone))
+            .await
+            .0,
+        404
+    );
 
     // A revoked key is refused from then on.
     let prefix = &acme_read[..16];

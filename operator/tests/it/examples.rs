@@ -41,21 +41,35 @@ async fn the_python_and_node_examples_publish_requests_the_operator_accepts() {
         }
     });
     let script = examples.join("python/publish.py");
-    run_example(&world, &python, &[script.to_str().unwrap_or_default()], "from-python");
+    run_example(
+        &world,
+        &python,
+        &[script.to_str().unwrap_or_default()],
+        "from-python",
+    );
     let script = examples.join("node/publish.js");
-    run_example(&world, "node", &[script.to_str().unwrap_or_default()], "from-node");
+    run_example(
+        &world,
+        "node",
+        &[script.to_str().unwrap_or_default()],
+        "from-node",
+    );
 
-    eventually("both examples' emails are queued", Duration::from_secs(20), || async {
-        let rows = world
+    eventually(
+        "both examples' emails are queued",
+        Duration::from_secs(20),
+        || async {
+            let rows = world
             .query(
                 "SELECT r.request_key, count(*) FROM emails e JOIN requests r ON r.id = e.request_id
                   WHERE e.status = 'queued' AND r.tenant = 'examples'
                   GROUP BY r.request_key ORDER BY r.request_key",
             )
             .await;
-        let seen: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        (seen == [("from-node".to_owned(), 2), ("from-python".to_owned(), 2)]).then_some(())
-    })
+            let seen: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            (seen == [("from-node".to_owned(), 2), ("from-python".to_owned(), 2)]).then_some(())
+        },
+    )
     .await;
     assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 0);
     stop.cancel();

@@ -87,7 +87,10 @@ async fn a_redelivered_request_creates_nothing_new() {
     let world = World::new().await;
     let (intake, relay) = world.steps().await;
     let message = incoming(&world, Queue::Mailbox, THREE_RECIPIENTS, None);
-    intake.handle(&[message.clone()]).await.expect("first");
+    intake
+        .handle(std::slice::from_ref(&message))
+        .await
+        .expect("first");
     relay.drain().await.expect("relay");
 
     let mut redelivered = message.clone();
@@ -216,7 +219,10 @@ async fn a_request_without_id_or_message_id_is_accepted_with_a_generated_key() {
 
     // With only the AMQP message_id, that is the key, and a redelivery is a duplicate.
     let by_property = incoming(&world, Queue::Mailbox, body, Some("amqp-42"));
-    intake.handle(&[by_property.clone()]).await.expect("intake");
+    intake
+        .handle(std::slice::from_ref(&by_property))
+        .await
+        .expect("intake");
     let again = intake.handle(&[by_property]).await.expect("intake");
     assert!(
         matches!(again[0], IntakeOutcome::Duplicate { .. }),

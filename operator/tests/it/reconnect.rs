@@ -71,7 +71,10 @@ async fn run_with_fault(fault: Fault) {
     let publisher_connection = world.broker.connect().await;
     let mailbox = world.queue(Queue::Mailbox);
     let app = tokio::spawn(async move {
-        let channel = publisher_connection.create_channel().await.expect("channel");
+        let channel = publisher_connection
+            .create_channel()
+            .await
+            .expect("channel");
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -131,7 +134,13 @@ async fn run_with_fault(fault: Fault) {
         )
         .await
         .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1), r.get::<_, i64>(2)))
+        .map(|r| {
+            (
+                r.get::<_, String>(0),
+                r.get::<_, i64>(1),
+                r.get::<_, i64>(2),
+            )
+        })
         .collect::<Vec<_>>();
     let n = REQUESTS as i64;
     assert_eq!(
