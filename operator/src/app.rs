@@ -90,12 +90,20 @@ impl Operator {
         let server = self.start_http()?;
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
+        let liveness = tokio::spawn(db::liveness_loop(
+            self.pool.clone(),
+            Duration::from_millis(self.config.database_liveness_ms.max(100)),
+            self.config.database_timeout(),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::default();
         while !shutdown.is_cancelled() {
             let started = tokio::time::Instant::now();
             match self.session(&shutdown).await {
                 Ok(()) => break,
                 Err(error) => {
+                    // A failed session may have left connections waiting on a silent socket.
+                    db::discard_idle(&self.pool);
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Backoff::default();
                     }
@@ -114,6 +122,7 @@ impl Operator {
         }
         server_handle.stop(true).await;
         let _ = server_task.await;
+        let _ = liveness.await;
         tracing::info!("operator stopped");
         Ok(())
     }

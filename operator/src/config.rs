@@ -46,6 +46,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_DATABASE_TIMEOUT_MS", default_value_t = 5000)]
     pub database_timeout_ms: u64,
 
+    /// How often an idle-time liveness query checks the database, in milliseconds. A query that
+    /// misses its deadline discards every idle connection: behind a proxy or NAT that keeps
+    /// acknowledging, kernel keepalives alone never notice a dead peer.
+    #[arg(long, env = "MAILTRAIL_DATABASE_LIVENESS_MS", default_value_t = 5000)]
+    pub database_liveness_ms: u64,
+
     /// Address of the operator's HTTP API.
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

@@ -22,9 +22,30 @@ pub type DbConn = Object<AsyncPgConnection>;
 
 /// Builds the pool. Connections are checked with a query when taken, so one that stopped
 /// answering is discarded rather than handed out.
+///
+/// Each connection also asks the server to end a transaction left idle longer than `timeout`
+/// (and statements and lock waits running longer): when a client's connection goes silent
+/// mid-transaction, the server would otherwise keep that transaction and its row locks forever,
+/// and every retry of the same request would wait on them.
 pub fn build_pool(url: &str, size: usize, timeout: Duration) -> anyhow::Result<DbPool> {
     let mut manager_config = diesel_async::pooled_connection::ManagerConfig::default();
     manager_config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Verified;
+    let millis = timeout.as_millis().max(1);
+    let session_settings = format!(
+        "SET idle_in_transaction_session_timeout = {millis}; \
+         SET statement_timeout = {millis}; SET lock_timeout = {millis}"
+    );
+    manager_config.custom_setup = Box::new(move |url| {
+        let settings = session_settings.clone();
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&settings)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     Pool::builder(manager)
@@ -49,6 +70,43 @@ where
             "database call {what:?} took longer than {} ms; is PostgreSQL reachable?",
             deadline.as_millis()
         ),
+    }
+}
+
+/// Drops every idle connection. Called when a call missed its deadline or a session failed:
+/// its siblings share the same network path and are suspect too, and new ones are cheap. The
+/// connections in use are verified when they come back.
+pub fn discard_idle(pool: &DbPool) {
+    pool.retain(|_, _| false);
+}
+
+/// Runs `SELECT 1` every `interval` until `stop`; a query that fails or misses `deadline`
+/// discards the idle connections, so the next real call opens a fresh one instead of waiting on
+/// a silent socket.
+pub async fn liveness_loop(
+    pool: DbPool,
+    interval: Duration,
+    deadline: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let probe = with_deadline(deadline, "liveness check", async {
+            let mut conn = pool.get().await?;
+            diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+            Ok(())
+        })
+        .await;
+        if let Err(error) = probe {
+            tracing::warn!(
+                error = %format!("{error:#}"),
+                "database liveness check failed; discarding idle connections"
+            );
+            discard_idle(&pool);
+        }
     }
 }
 
