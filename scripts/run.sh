@@ -66,7 +66,17 @@ for n in 1 2; do
 done
 
 say "histories"
-sleep 1
+# Wait until the operator has recorded and queued every sample email (2 requests x 2 recipients).
+queued_sql="SELECT count(*) FROM emails e JOIN requests r ON r.id = e.request_id
+             WHERE r.request_key LIKE 'sample-$run_id-%' AND e.status = 'queued'"
+for attempt in $(seq 1 150); do
+    [[ $(psql -w -X -d "$MAILTRAIL_DATABASE_URL" -Atqc "$queued_sql") -ge 4 ]] && break
+    if [[ $attempt -eq 150 ]]; then
+        echo "the sample emails were not queued within 30 s; see target/run/operator.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
 ids=$(psql -w -X -d "$MAILTRAIL_DATABASE_URL" -Atqc \
     "SELECT e.id FROM emails e JOIN requests r ON r.id = e.request_id
       WHERE r.request_key LIKE 'sample-$run_id-%' ORDER BY r.request_key, e.recipient_canonical")

@@ -13,6 +13,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use mailtrail_broker::{Incoming, Publisher, connect, declare_topology};
+use mailtrail_runtime::Backoff;
 use mailtrail_shared::topology::Queue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,7 +108,7 @@ impl Operator {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Backoff::default();
                     }
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     tracing::error!(
                         error = %format!("{error:#}"),
                         retry_in_ms = wait.as_millis() as u64,
@@ -316,27 +317,4 @@ async fn intake_loop(
         }
     }
     Ok(())
-}
-
-/// Exponential backoff from 200 ms to 5 s, with jitter: work resumes within seconds after an
-/// outage ends, while a long outage costs one attempt every few seconds.
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(200),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let current = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
-        let jitter = (uuid::Uuid::new_v4().as_u128() % 100) as u32;
-        current + current * jitter / 400
-    }
 }

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use mailtrail_operator::{Operator, OperatorConfig, db, keys};
-use tokio_util::sync::CancellationToken;
+use mailtrail_runtime::{init_tracing, stop_on_signal};
 
 /// mailtrail operator: accepts mailbox requests, records every email's history in PostgreSQL
 /// and hands dispatch jobs to the dispatcher. Every flag can also be set with the
@@ -68,8 +68,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Keys(command) => manage_keys(&cli.config, command).await,
         Command::Run => {
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let shutdown = stop_on_signal();
             let drain_timeout = std::time::Duration::from_millis(cli.config.drain_timeout_ms);
             let operator = Operator::build(cli.config).await?;
             let stopped = shutdown.clone();
@@ -131,33 +130,4 @@ async fn manage_keys(config: &OperatorConfig, command: KeysCommand) -> anyhow::R
         }
     }
     Ok(())
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested: finishing the work in hand");
-    shutdown.cancel();
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILTRAIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format.eq_ignore_ascii_case("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -10,6 +10,8 @@
 //! * [`ServiceProcess`]: a service binary as a child process, its output in
 //!   `target/test-logs/<name>-….log`; SIGTERM, SIGKILL, wait for exit.
 //! * [`eventually`]: wait for a condition, never for a fixed time.
+//! * [`http_get`]: a minimal HTTP client to probe services; [`check_broker_only_service`]: the
+//!   health and SIGTERM check every broker-only service binary passes.
 //! * [`init_tracing`]: logs of the test itself, on stderr when `TEST_LOG` is set
 //!   (e.g. `TEST_LOG=debug`, or any `EnvFilter` directive).
 //!
@@ -23,12 +25,16 @@
 
 mod broker;
 mod db;
+mod http;
+mod lifecycle;
 mod process;
 mod proxy;
 mod wait;
 
 pub use broker::{TestBroker, amqp_url};
 pub use db::{MIGRATIONS, TestDb, database_server_url, template_name, url_with_database};
+pub use http::{free_port, http_get, try_http_get};
+pub use lifecycle::check_broker_only_service;
 pub use process::{ServiceProcess, target_bin, test_log_dir, workspace_dir};
 pub use proxy::TcpProxy;
 pub use wait::{POLL_INTERVAL, eventually};

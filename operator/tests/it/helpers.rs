@@ -212,39 +212,4 @@ pub fn header_table(pairs: &[(&str, &str)]) -> FieldTable {
     table
 }
 
-/// A minimal HTTP/1.1 GET over a plain socket: (status, content type, body as JSON).
-pub async fn http_get(
-    port: u16,
-    path: &str,
-    bearer: Option<&str>,
-) -> (u16, String, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect to the API");
-    let auth = bearer
-        .map(|key| format!("Authorization: Bearer {key}\r\n"))
-        .unwrap_or_default();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type")
-                .then(|| value.trim().to_owned())
-        })
-        .unwrap_or_default();
-    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status, content_type, body)
-}
+pub use mailtrail_test_support::http_get;

@@ -1,0 +1,62 @@
+//! A minimal HTTP/1.1 client for tests (no TLS, no dependencies): enough to probe a service.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on `127.0.0.1:port`, with an optional bearer token: (status, content type, body
+/// as JSON — `Null` when the body is not JSON).
+pub async fn http_get(
+    port: u16,
+    path: &str,
+    bearer: Option<&str>,
+) -> (u16, String, serde_json::Value) {
+    try_http_get(port, path, bearer)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
+}
+
+/// Like [`http_get`], but a connection error is an `Err` (for polling a service that is
+/// starting).
+pub async fn try_http_get(
+    port: u16,
+    path: &str,
+    bearer: Option<&str>,
+) -> std::io::Result<(u16, String, serde_json::Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = bearer
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| invalid("not an HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid("no status code"))?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    Ok((status, content_type, body))
+}
+
+/// A port that was free a moment ago, for a service that must be told its port up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
