@@ -2,12 +2,34 @@
 # Quick start: one command from a clean clone to a running mailtrail with sample histories.
 #   - installs (Debian) and starts RabbitMQ and PostgreSQL when needed,
 #   - creates the `mailtrail` database and a first admin API key (saved in target/run/api-key),
-#   - builds and starts the operator in the background (log: target/run/operator.log),
+#   - builds and starts the operator, the dispatcher and the webhook sink in the background
+#     (logs and pids in target/run/),
 #   - publishes sample requests with the Python example and prints their histories.
-# Stop it with: kill "$(cat target/run/operator.pid)"
+# Stop everything with: scripts/run.sh stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n=== %s\n' "$*" >&2; }
+services=(operator dispatcher webhook-sink)
+
+stop_services() {
+    for service in "${services[@]}"; do
+        pidfile=target/run/$service.pid
+        if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+            echo "stopping $service (pid $(cat "$pidfile"))" >&2
+            kill "$(cat "$pidfile")"
+            while kill -0 "$(cat "$pidfile")" 2>/dev/null; do sleep 0.2; done
+        fi
+        rm -f "$pidfile"
+    done
+}
+
+if [[ ${1:-} == stop ]]; then
+    stop_services
+    exit 0
+elif [[ $# -gt 0 ]]; then
+    echo "usage: scripts/run.sh [stop]" >&2
+    exit 2
+fi
 
 say "services"
 bash scripts/ensure-services.sh
@@ -25,16 +47,11 @@ if ! psql -w -X -d "$db_server/postgres" -Atqc "select 1 from pg_database where 
     psql -w -X -d "$db_server/postgres" -qc 'CREATE DATABASE mailtrail'
 fi
 
-say "building the operator (the first build takes a few minutes)"
-cargo build --release --bin operator
+say "building the services (the first build takes a few minutes)"
+cargo build --release --bin operator --bin dispatcher --bin webhook-sink
 operator=target/release/operator
 mkdir -p target/run
-
-if [[ -f target/run/operator.pid ]] && kill -0 "$(cat target/run/operator.pid)" 2>/dev/null; then
-    say "stopping the operator started earlier"
-    kill "$(cat target/run/operator.pid)"
-    while kill -0 "$(cat target/run/operator.pid)" 2>/dev/null; do sleep 0.2; done
-fi
+stop_services
 
 "$operator" migrate
 if [[ ! -s target/run/api-key ]]; then
@@ -42,9 +59,15 @@ if [[ ! -s target/run/api-key ]]; then
 fi
 key=$(cat target/run/api-key)
 
-say "starting the operator (log: target/run/operator.log)"
+say "starting the services (logs: target/run/<service>.log)"
 nohup "$operator" run >>target/run/operator.log 2>&1 &
 echo $! >target/run/operator.pid
+MAILTRAIL_HTTP_ADDR=${MAILTRAIL_DISPATCHER_HTTP_ADDR:-127.0.0.1:8082} \
+    nohup target/release/dispatcher >>target/run/dispatcher.log 2>&1 &
+echo $! >target/run/dispatcher.pid
+MAILTRAIL_HTTP_ADDR=${MAILTRAIL_WEBHOOK_SINK_HTTP_ADDR:-127.0.0.1:8081} \
+    nohup target/release/webhook-sink >>target/run/webhook-sink.log 2>&1 &
+echo $! >target/run/webhook-sink.pid
 api="http://$MAILTRAIL_HTTP_ADDR"
 for _ in $(seq 1 100); do
     "$python" - "$api/readyz" <<'PY' && break
@@ -89,9 +112,30 @@ print(f"{m['id']}  {m['to']:<24} {m['status']:<10} " +
       "  ".join(f"{e['type']}@{e['occurred_at'][11:23]}" for e in m["events"]))
 PY
 done
+say "health"
+for probe in "operator $api" \
+    "dispatcher http://${MAILTRAIL_DISPATCHER_HTTP_ADDR:-127.0.0.1:8082}" \
+    "webhook-sink http://${MAILTRAIL_WEBHOOK_SINK_HTTP_ADDR:-127.0.0.1:8081}"; do
+    read -r service base <<<"$probe"
+    "$python" - "$service" "$base/readyz" <<'PY'
+import json, sys, time, urllib.error, urllib.request
+service, url = sys.argv[1], sys.argv[2]
+for _ in range(50):
+    try:
+        body = json.load(urllib.request.urlopen(url, timeout=1))
+        break
+    except urllib.error.HTTPError as e:
+        body = json.load(e)
+    except Exception as e:
+        body = {"status": f"not answering ({e})"}
+    time.sleep(0.2)
+print(f"{service:<13} {url:<32} {body}")
+PY
+done
+
 cat >&2 <<TXT
 
-mailtrail is running: API $api (key in target/run/api-key), log target/run/operator.log.
+mailtrail is running: operator API $api (key in target/run/api-key), logs in target/run/.
 Try:  curl -H "Authorization: Bearer \$(cat target/run/api-key)" $api/v1/messages/<email id>
-Stop: kill \$(cat target/run/operator.pid)
+Stop: scripts/run.sh stop
 TXT

@@ -3,37 +3,24 @@
 
 use clap::Args;
 use mailtrail_broker::BrokerSettings;
+use mailtrail_runtime::BrokerArgs;
 use mailtrail_shared::contract::Limits;
-use mailtrail_shared::topology::{QueueType, Topology};
+use mailtrail_shared::topology::Topology;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct OperatorConfig {
-    /// RabbitMQ URL (amqp:// or amqps://).
-    #[arg(
-        long,
-        env = "MAILTRAIL_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-
-    /// AMQP heartbeat in seconds: a silent broker connection is noticed within about two beats.
-    #[arg(long, env = "MAILTRAIL_AMQP_HEARTBEAT_SECS", default_value_t = 10)]
-    pub amqp_heartbeat_secs: u16,
-
-    /// Prefix of every queue name.
-    #[arg(long, env = "MAILTRAIL_QUEUE_PREFIX", default_value = "mailtrail.")]
-    pub queue_prefix: String,
-
-    /// RabbitMQ queue type of the durable queues: classic or quorum.
-    #[arg(long, env = "MAILTRAIL_QUEUE_TYPE", default_value = "classic")]
-    pub queue_type: QueueType,
+    /// RabbitMQ settings (`MAILTRAIL_AMQP_URL`, `MAILTRAIL_AMQP_HEARTBEAT_SECS`,
+    /// `MAILTRAIL_QUEUE_PREFIX`, `MAILTRAIL_QUEUE_TYPE`), shared by every service.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// PostgreSQL URL of mailtrail's database.
     #[arg(
         long,
         env = "MAILTRAIL_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/mailtrail"
     )]
     pub database_url: String,
@@ -102,15 +89,11 @@ impl OperatorConfig {
     }
 
     pub fn topology(&self) -> Topology {
-        Topology::new(self.queue_prefix.clone(), self.queue_type)
+        self.broker.topology()
     }
 
     pub fn broker(&self) -> BrokerSettings {
-        BrokerSettings {
-            url: self.amqp_url.clone(),
-            heartbeat: Duration::from_secs(self.amqp_heartbeat_secs.into()),
-            connection_name: format!("mailtrail-operator@{}", std::process::id()),
-        }
+        self.broker.settings("operator")
     }
 
     pub fn limits(&self) -> Limits {

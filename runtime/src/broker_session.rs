@@ -14,6 +14,7 @@ pub struct BrokerArgs {
     #[arg(
         long,
         env = "MAILTRAIL_AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,

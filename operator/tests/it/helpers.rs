@@ -30,8 +30,8 @@ impl World {
         let broker = TestBroker::new();
         let mut config = OperatorConfig::from_env();
         config.database_url = db.url().to_owned();
-        config.amqp_url = amqp_url();
-        config.queue_prefix = broker.prefix().to_owned();
+        config.broker.amqp_url = amqp_url();
+        config.broker.queue_prefix = broker.prefix().to_owned();
         config.relay_interval_ms = 200;
         let connection = broker.connect().await;
         let channel = connection.create_channel().await.expect("channel");

@@ -58,11 +58,11 @@ async fn queued(world: &World) -> i64 {
 
 async fn run_with_fault(fault: Fault) {
     let mut world = World::new().await;
-    let (broker_proxy, amqp_url) = proxy_for(&world.config.amqp_url).await;
+    let (broker_proxy, amqp_url) = proxy_for(&world.config.broker.amqp_url).await;
     let (db_proxy, database_url) = proxy_for(world.db.url()).await;
-    world.config.amqp_url = amqp_url;
+    world.config.broker.amqp_url = amqp_url;
     world.config.database_url = database_url;
-    world.config.amqp_heartbeat_secs = 2;
+    world.config.broker.amqp_heartbeat_secs = 2;
     world.config.database_timeout_ms = 2000;
     world.config.intake_batch = 10;
     let (stop, handle) = world.start_operator().await;
