@@ -8,3 +8,4 @@ mod helpers;
 mod hostile;
 mod intake;
 mod reconnect;
+mod shutdown;
