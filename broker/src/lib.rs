@@ -18,6 +18,6 @@ pub use connect::{BrokerSettings, connect, redact};
 pub use incoming::{Incoming, header_i64, header_string};
 pub use publish::{OutgoingMessage, PublishError, Publisher, json_properties};
 pub use set_aside::SetAside;
-pub use topology::{declare_topology, queue_depth};
+pub use topology::{declare_retry_queue, declare_topology, queue_depth};
 
 pub use lapin;

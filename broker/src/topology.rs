@@ -2,7 +2,7 @@ use anyhow::Context;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use mailtrail_shared::topology::Topology;
+use mailtrail_shared::topology::{Queue, QueueType, Topology};
 
 /// Declares every queue of the topology (idempotent). Arguments are only `x-queue-type`, so a
 /// later change of limits goes through broker policies, never a `PRECONDITION_FAILED` here.
@@ -48,4 +48,54 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<(u32,
         .await
         .with_context(|| format!("queue {queue:?} does not exist"))?;
     Ok((q.message_count(), q.consumer_count()))
+}
+
+/// Declares the retry queue of `work_queue` for `delay_secs` and returns its name: messages
+/// published to it wait `delay_secs` (queue-level TTL, so they expire in order) and are then
+/// dead-lettered by the broker back to `work_queue`. On quorum queues the move is at-least-once
+/// (`x-dead-letter-strategy`), on classic queues it is not confirmed by the broker (see
+/// docs/amqp.md).
+pub async fn declare_retry_queue(
+    channel: &Channel,
+    topology: &Topology,
+    work_queue: Queue,
+    delay_secs: u32,
+) -> anyhow::Result<String> {
+    let name = topology.retry_queue(work_queue, delay_secs);
+    let mut arguments = FieldTable::default();
+    let mut put = |key: &str, value: AMQPValue| {
+        arguments.insert(key.into(), value);
+    };
+    put(
+        "x-queue-type",
+        AMQPValue::LongString(topology.queue_type.as_str().into()),
+    );
+    put(
+        "x-message-ttl",
+        AMQPValue::LongLongInt(i64::from(delay_secs) * 1000),
+    );
+    put("x-dead-letter-exchange", AMQPValue::LongString("".into()));
+    put(
+        "x-dead-letter-routing-key",
+        AMQPValue::LongString(topology.queue(work_queue).into()),
+    );
+    if topology.queue_type == QueueType::Quorum {
+        put(
+            "x-dead-letter-strategy",
+            AMQPValue::LongString("at-least-once".into()),
+        );
+        put("x-overflow", AMQPValue::LongString("reject-publish".into()));
+    }
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .with_context(|| format!("cannot declare the retry queue {name:?}"))?;
+    Ok(name)
 }

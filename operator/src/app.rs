@@ -7,6 +7,7 @@ use crate::db::{self, DbPool};
 use crate::http::{self, ApiState};
 use crate::intake::Intake;
 use crate::relay::Relay;
+use crate::tracking::Tracker;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -151,12 +152,25 @@ impl Operator {
                 self.config.relay_batch,
                 self.config.database_timeout(),
             );
+            let tracker = Tracker::new(
+                self.pool.clone(),
+                Publisher::open(&connection).await?,
+                topology.clone(),
+                self.config.database_timeout(),
+            );
             let session_stop = shutdown.child_token();
             self.broker_ready.store(true, Ordering::Relaxed);
             let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());
             let intake_loop = intake_loop(&connection, intake, &self.config, session_stop.clone());
-            // Whichever loop fails first ends the session (and with it the other loop).
+            let tracking_loop =
+                tracking_loop(&connection, tracker, &self.config, session_stop.clone());
+            // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
+                async {
+                    let r = tracking_loop.await;
+                    session_stop.cancel();
+                    r
+                },
                 async {
                     let r = intake_loop.await;
                     session_stop.cancel();
@@ -317,4 +331,66 @@ async fn intake_loop(
         }
     }
     Ok(())
+}
+
+/// Consumes the tracking queue in batches: each batch recorded in one transaction, then acked.
+async fn tracking_loop(
+    connection: &Connection,
+    tracker: Tracker,
+    config: &OperatorConfig,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology = config.topology();
+    let queue = topology.queue(Queue::Tracking);
+    let (_channel, mut consumer) = consume(
+        connection,
+        queue.clone(),
+        config.tracking_prefetch,
+        "tracking",
+    )
+    .await?;
+    tracing::info!(%queue, "tracking consuming");
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            item = consumer.next() => item,
+        };
+        let mut deliveries = vec![tracking_delivery(first)?];
+        while deliveries.len() < config.tracking_batch.max(1) {
+            match consumer.next().now_or_never() {
+                Some(item) => deliveries.push(tracking_delivery(item)?),
+                None => break,
+            }
+        }
+        let batch: Vec<Incoming> = deliveries
+            .iter()
+            .map(|delivery| Incoming {
+                body: delivery.data.clone(),
+                properties: delivery.properties.clone(),
+                queue: Queue::Tracking,
+                queue_name: queue.clone(),
+                redelivered: delivery.redelivered,
+            })
+            .collect();
+        // On error nothing is acked: the session ends and closing the connection requeues.
+        tracker.handle(&batch).await?;
+        for delivery in deliveries {
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .context("cannot ack a tracking delivery")?;
+        }
+    }
+}
+
+fn tracking_delivery(
+    item: Option<Result<lapin::message::Delivery, lapin::Error>>,
+) -> anyhow::Result<lapin::message::Delivery> {
+    match item {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(error)) => Err(error).context("the tracking consumer failed"),
+        None => anyhow::bail!("the broker cancelled the tracking consumer (queue deleted?)"),
+    }
 }

@@ -51,6 +51,14 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_INTAKE_BATCH", default_value_t = 100)]
     pub intake_batch: usize,
 
+    /// Tracking messages the broker may hand the tracking consumer before it acks.
+    #[arg(long, env = "MAILTRAIL_TRACKING_PREFETCH", default_value_t = 400)]
+    pub tracking_prefetch: u16,
+
+    /// Largest number of tracking events recorded in one transaction.
+    #[arg(long, env = "MAILTRAIL_TRACKING_BATCH", default_value_t = 200)]
+    pub tracking_batch: usize,
+
     /// Largest number of dispatch jobs the relay publishes per round.
     #[arg(long, env = "MAILTRAIL_RELAY_BATCH", default_value_t = 200)]
     pub relay_batch: i64,

@@ -3,7 +3,7 @@
 //! status of higher precedence, so the summary does not depend on arrival order.
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, Int2, Jsonb, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Int2, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use mailtrail_shared::history::EventType;
 use std::collections::HashSet;
@@ -18,6 +18,9 @@ pub struct NewEvent {
     pub event_type: EventType,
     pub occurred_at: DateTime<Utc>,
     pub source: String,
+    pub provider: Option<String>,
+    pub provider_event_id: Option<String>,
+    pub provider_message_id: Option<String>,
     pub details: serde_json::Value,
 }
 
@@ -67,6 +70,9 @@ async fn record_round(
     let mut precedences = Vec::with_capacity(events.len());
     let mut occurred = Vec::with_capacity(events.len());
     let mut sources = Vec::with_capacity(events.len());
+    let mut providers = Vec::with_capacity(events.len());
+    let mut provider_event_ids = Vec::with_capacity(events.len());
+    let mut provider_message_ids = Vec::with_capacity(events.len());
     let mut details = Vec::with_capacity(events.len());
     for e in events {
         event_ids.push(e.event_id);
@@ -76,15 +82,19 @@ async fn record_round(
         precedences.push(e.event_type.status_precedence());
         occurred.push(e.occurred_at);
         sources.push(e.source);
+        providers.push(e.provider);
+        provider_event_ids.push(e.provider_event_id);
+        provider_message_ids.push(e.provider_message_id);
         details.push(e.details);
     }
     diesel::sql_query(
         r#"
         WITH incoming AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::int2[],
-                                 $6::timestamptz[], $7::text[], $8::jsonb[])
+                                 $6::timestamptz[], $7::text[], $8::jsonb[], $9::text[],
+                                 $10::text[], $11::text[])
                 AS i(event_id, email_id, event_type, lifecycle_rank, precedence, occurred_at,
-                     source, details)
+                     source, details, provider, provider_event_id, provider_message_id)
             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
         ), bumped AS (
             UPDATE emails m
@@ -92,16 +102,20 @@ async fn record_round(
                    status = CASE WHEN incoming.precedence > m.status_precedence
                                  THEN incoming.event_type ELSE m.status END,
                    status_precedence = GREATEST(m.status_precedence, incoming.precedence),
+                   provider = COALESCE(incoming.provider, m.provider),
+                   provider_message_id = COALESCE(incoming.provider_message_id,
+                                                  m.provider_message_id),
                    updated_at = now()
               FROM incoming
              WHERE m.id = incoming.email_id
          RETURNING m.last_seq AS seq, incoming.*
         )
         INSERT INTO events (event_id, email_id, seq, event_type, lifecycle_rank, occurred_at,
-                            source, details)
+                            source, details, provider, provider_event_id, provider_message_id)
         SELECT b.event_id, b.email_id, b.seq, b.event_type, b.lifecycle_rank, b.occurred_at,
-               b.source, b.details
+               b.source, b.details, b.provider, b.provider_event_id, b.provider_message_id
           FROM bumped b
+        ON CONFLICT DO NOTHING
         "#,
     )
     .bind::<Array<SqlUuid>, _>(event_ids)
@@ -112,6 +126,9 @@ async fn record_round(
     .bind::<Array<Timestamptz>, _>(occurred)
     .bind::<Array<Text>, _>(sources)
     .bind::<Array<Jsonb>, _>(details)
+    .bind::<Array<Nullable<Text>>, _>(providers)
+    .bind::<Array<Nullable<Text>>, _>(provider_event_ids)
+    .bind::<Array<Nullable<Text>>, _>(provider_message_ids)
     .execute(conn)
     .await
 }
@@ -127,6 +144,9 @@ mod tests {
             event_type: EventType::Queued,
             occurred_at: Utc::now(),
             source: "test".into(),
+            provider: None,
+            provider_event_id: None,
+            provider_message_id: None,
             details: serde_json::json!({}),
         }
     }

@@ -8,13 +8,13 @@
 //! `dead_letters`, so one bad message never blocks the queue.
 
 use crate::db::{DbPool, with_deadline};
+use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
 use crate::faults;
 use crate::history::{NewEvent, record_events};
-use crate::schema::{dead_letters, emails, outbox, requests};
+use crate::schema::{emails, outbox, requests};
 use anyhow::Context;
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use mailtrail_broker::{Incoming, OutgoingMessage, Publisher, SetAside};
 use mailtrail_shared::contract::{
@@ -314,6 +314,9 @@ impl Intake {
                     event_type: EventType::Accepted,
                     occurred_at: now,
                     source: SERVICE.to_owned(),
+                    provider: None,
+                    provider_event_id: None,
+                    provider_message_id: None,
                     details: serde_json::json!({
                         "recipient": recipient.address,
                         "request_key": request.key,
@@ -343,28 +346,17 @@ impl Intake {
                 .await?;
         }
         for record in set_asides {
-            let message = &batch[record.index];
-            diesel::insert_into(dead_letters::table)
-                .values(NewDeadLetter {
-                    id: record.set_aside.dead_letter_id,
-                    source_queue: message.queue_name.clone(),
-                    reason: record.set_aside.reason.clone(),
-                    detail: record.set_aside.detail.clone(),
+            record_dead_letter(
+                conn,
+                &batch[record.index],
+                &record.set_aside,
+                DeadLetterOwner {
                     tenant: record.tenant,
                     request_key: record.request_key,
-                    set_aside_by: SERVICE.to_owned(),
-                    body: message.body.clone(),
-                    headers: headers_json(message),
-                })
-                .on_conflict(dead_letters::id)
-                .do_update()
-                .set((
-                    dead_letters::attempts.eq(dead_letters::attempts + 1),
-                    dead_letters::last_seen_at.eq(diesel::dsl::now),
-                    dead_letters::detail.eq(excluded(dead_letters::detail)),
-                ))
-                .execute(conn)
-                .await?;
+                    email_id: None,
+                },
+            )
+            .await?;
         }
         Ok(outcomes)
     }
@@ -438,25 +430,6 @@ fn continued_traceparent(message: &Incoming) -> String {
 }
 
 /// The message's properties as JSON, for the dead-letter record.
-fn headers_json(message: &Incoming) -> serde_json::Value {
-    let mut map = serde_json::Map::new();
-    if let Some(table) = message.properties.headers() {
-        for (name, value) in table.inner() {
-            map.insert(
-                name.as_str().to_owned(),
-                serde_json::json!(format!("{value:?}")),
-            );
-        }
-    }
-    serde_json::json!({
-        "message_id": message.message_id(),
-        "user_id": message.user_id(),
-        "content_type": message.content_type(),
-        "redelivered": message.redelivered,
-        "headers": map,
-    })
-}
-
 #[derive(Insertable)]
 #[diesel(table_name = requests)]
 struct NewRequest<'a> {
@@ -534,18 +507,4 @@ struct NewJob {
     queue: String,
     attempt: i32,
     traceparent: Option<String>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = dead_letters)]
-struct NewDeadLetter {
-    id: Uuid,
-    source_queue: String,
-    reason: String,
-    detail: String,
-    tenant: Option<String>,
-    request_key: Option<String>,
-    set_aside_by: String,
-    body: Vec<u8>,
-    headers: serde_json::Value,
 }

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod faults;
 pub mod history;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod intake;
 pub mod keys;
 pub mod relay;
 pub mod schema;
+pub mod tracking;
 
 pub use app::Operator;
 pub use config::OperatorConfig;

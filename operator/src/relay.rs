@@ -168,6 +168,9 @@ impl Relay {
                 event_type: EventType::Queued,
                 occurred_at: handed_over_at,
                 source: SERVICE.to_owned(),
+                provider: None,
+                provider_event_id: None,
+                provider_message_id: None,
                 details: serde_json::json!({
                     "job_id": job.job_id,
                     "queue": self.topology.queue(queue_of(job)),

@@ -42,6 +42,17 @@ pub fn operator_event_id(kind: &str, subject: Uuid) -> Uuid {
     v5(&[b"event", kind.as_bytes(), subject.as_bytes()])
 }
 
+/// The id of a dispatcher outcome event: one per job, attempt and outcome, so a republished
+/// outcome is recognised and recorded once.
+pub fn dispatch_outcome_event_id(job_id: Uuid, attempt: u32, outcome: &str) -> Uuid {
+    v5(&[
+        b"dispatch-outcome",
+        job_id.as_bytes(),
+        &attempt.to_be_bytes(),
+        outcome.as_bytes(),
+    ])
+}
+
 /// The id of a set-aside copy of a message: the same message set aside again (after a
 /// redelivery) gets the same id, so the dead-letter record counts attempts instead of duplicating.
 pub fn dead_letter_id(source_queue: &str, message_id: Option<&str>, body: &[u8]) -> Uuid {

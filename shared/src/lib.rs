@@ -10,3 +10,4 @@ pub mod headers;
 pub mod history;
 pub mod ids;
 pub mod topology;
+pub mod tracking;

@@ -129,6 +129,13 @@ impl Topology {
             .and_then(Queue::from_base_name)
     }
 
+    /// The retry queue of a dispatching queue for one delay, e.g.
+    /// `mailtrail.dispatching.retry-60s`. Its delay is in its name because it is a queue argument
+    /// (`x-message-ttl`): another delay is another queue, never a `PRECONDITION_FAILED`.
+    pub fn retry_queue(&self, work_queue: Queue, delay_secs: u32) -> String {
+        format!("{}.retry-{delay_secs}s", self.queue(work_queue))
+    }
+
     /// Every queue to declare, with its declare arguments (name, argument list).
     pub fn queues(&self) -> Vec<QueueSpec> {
         Queue::ALL

@@ -1,0 +1,209 @@
+//! The dispatcher process: health endpoints, and a supervised broker session that consumes both
+//! dispatching queues (urgent first) with many jobs in flight, reconnecting with backoff.
+
+use crate::config::DispatcherConfig;
+use crate::memory::JobMemory;
+use crate::smtp::SmtpSender;
+use crate::worker::Dispatcher;
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use mailtrail_broker::{Incoming, Publisher, connect, declare_retry_queue, declare_topology};
+use mailtrail_runtime::{Backoff, Readiness, serve_health};
+use mailtrail_shared::topology::Queue;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub struct DispatcherApp {
+    config: DispatcherConfig,
+    sender: Arc<SmtpSender>,
+    memory: Arc<JobMemory>,
+    listener: std::net::TcpListener,
+}
+
+impl DispatcherApp {
+    pub async fn build(config: DispatcherConfig) -> anyhow::Result<DispatcherApp> {
+        let sender = SmtpSender::new(
+            &config.smtp_url,
+            &config.smtp_hello_name,
+            config.smtp_connections,
+            config.smtp_timeout(),
+        )
+        .await?;
+        let listener = mailtrail_runtime::bind_http(config.http_addr)?;
+        Ok(DispatcherApp {
+            memory: Arc::new(JobMemory::new(
+                config.outcome_memory,
+                Duration::from_secs(config.outcome_memory_secs),
+            )),
+            sender: Arc::new(sender),
+            config,
+            listener,
+        })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Runs until `stop`; then stops taking jobs, finishes the ones in hand and returns.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut readiness = Readiness::default();
+        let broker_ready = readiness.track("broker");
+        let server = serve_health(self.listener.try_clone()?, readiness)?;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let mut backoff = Backoff::default();
+        while !stop.is_cancelled() {
+            let started = tokio::time::Instant::now();
+            let result = self.session(&stop, &broker_ready).await;
+            broker_ready.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => break,
+                Err(error) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Backoff::default();
+                    }
+                    let wait = backoff.next_wait();
+                    tracing::error!(
+                        error = %format!("{error:#}"),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "dispatcher session ended; reconnecting"
+                    );
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        tracing::info!("dispatcher stopped");
+        Ok(())
+    }
+
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        broker_ready: &Arc<AtomicBool>,
+    ) -> anyhow::Result<()> {
+        let topology = self.config.broker.topology();
+        let connection = connect(&self.config.broker.settings("dispatcher")).await?;
+        let result = async {
+            let setup = connection.create_channel().await?;
+            declare_topology(&setup, &topology).await?;
+            for queue in [Queue::Dispatching, Queue::DispatchingPriority] {
+                declare_retry_queue(&setup, &topology, queue, self.config.retry_delay_secs).await?;
+            }
+            let dispatcher = Arc::new(Dispatcher {
+                sender: self.sender.clone(),
+                publisher: Publisher::open(&connection).await?,
+                topology: topology.clone(),
+                memory: self.memory.clone(),
+                hello_name: self.config.smtp_hello_name.clone(),
+                retry_delay_secs: self.config.retry_delay_secs,
+                max_attempts: self.config.max_attempts,
+            });
+            // Both consumers share one channel and its prefetch: the concurrency bound.
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(self.config.concurrency.max(1), BasicQosOptions::default())
+                .await?;
+            let mut priority =
+                consume(&channel, &topology.queue(Queue::DispatchingPriority)).await?;
+            let mut normal = consume(&channel, &topology.queue(Queue::Dispatching)).await?;
+            broker_ready.store(true, Ordering::Relaxed);
+            tracing::info!(
+                smtp = %self.config.smtp_url,
+                concurrency = self.config.concurrency,
+                "dispatcher consuming"
+            );
+            let mut in_hand: JoinSet<anyhow::Result<()>> = JoinSet::new();
+            let outcome = loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break Ok(()),
+                    Some(joined) = in_hand.join_next(), if !in_hand.is_empty() => {
+                        match joined.context("a dispatch task panicked").and_then(|r| r) {
+                            Ok(()) => continue,
+                            Err(error) => break Err(error),
+                        }
+                    }
+                    item = priority.next() => (item, Queue::DispatchingPriority),
+                    item = normal.next() => (item, Queue::Dispatching),
+                };
+                let delivery = match next.0 {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => {
+                        break Err(error).context("the dispatching consumer failed");
+                    }
+                    None => {
+                        break Err(anyhow::anyhow!(
+                            "the broker cancelled a dispatching consumer"
+                        ));
+                    }
+                };
+                let incoming = Incoming {
+                    body: delivery.data.clone(),
+                    properties: delivery.properties.clone(),
+                    queue: next.1,
+                    queue_name: topology.queue(next.1),
+                    redelivered: delivery.redelivered,
+                };
+                let dispatcher = dispatcher.clone();
+                in_hand.spawn(async move {
+                    dispatcher.handle(&incoming).await?;
+                    delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .context("cannot ack a dispatch job")?;
+                    Ok(())
+                });
+            };
+            // Stop taking jobs, then finish the ones in hand (their acks still count).
+            for consumer in [&priority, &normal] {
+                let _ = channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await;
+            }
+            if !in_hand.is_empty() {
+                tracing::info!(jobs = in_hand.len(), "finishing the jobs in hand");
+            }
+            let mut first_error = outcome.err();
+            while let Some(joined) = in_hand.join_next().await {
+                if let Err(error) = joined.context("a dispatch task panicked").and_then(|r| r) {
+                    first_error.get_or_insert(error);
+                }
+            }
+            match first_error {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        }
+        .await;
+        // Closing hands every unacked delivery back to its queue.
+        let _ = connection
+            .close(200, "dispatcher session ending".into())
+            .await;
+        result
+    }
+}
+
+async fn consume(channel: &Channel, queue: &str) -> anyhow::Result<Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            format!("dispatcher-{}-{queue}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot consume from {queue:?}"))
+}

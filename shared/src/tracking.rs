@@ -1,0 +1,111 @@
+//! The tracking event: what the dispatcher and the webhook sink publish to the `tracking` queue
+//! and the operator records in an email's history. Internal contract, versioned like the public
+//! one so services can be upgraded one at a time.
+
+use crate::history::EventType;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const TRACKING_EVENT_VERSION: u32 = 1;
+
+/// Event types other services may report. `accepted`, `scheduled`, `queued` and `cancelled` are
+/// the operator's own and are refused on the tracking queue.
+pub const REPORTABLE: &[EventType] = &[
+    EventType::Deferred,
+    EventType::Dispatched,
+    EventType::Delivered,
+    EventType::Opened,
+    EventType::Clicked,
+    EventType::Unsubscribed,
+    EventType::Failed,
+    EventType::Rejected,
+    EventType::Bounced,
+    EventType::Complained,
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingEvent {
+    pub version: u32,
+    /// De-duplication key: the same event republished carries the same id.
+    pub event_id: Uuid,
+    pub email_id: Uuid,
+    pub tenant: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub occurred_at: DateTime<Utc>,
+    /// `dispatcher` or `webhook:<provider>`.
+    pub source: String,
+    /// `smtp`, `mailgun`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The provider's id of the message (SMTP: the queue id in the 250 reply, where given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    /// The provider's id of this event, unique per provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_event_id: Option<String>,
+    /// Type-specific facts: the SMTP reply, the attempt number, the reason.
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+impl TrackingEvent {
+    /// Checks what serde cannot: the version and that the type may come from outside.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.version != TRACKING_EVENT_VERSION {
+            return Err(format!(
+                "tracking event version {} is not supported (expected {TRACKING_EVENT_VERSION})",
+                self.version
+            ));
+        }
+        if !REPORTABLE.contains(&self.event_type) {
+            return Err(format!(
+                "{} events are recorded by the operator itself, not reported",
+                self.event_type.as_str()
+            ));
+        }
+        if self.source.is_empty() || self.source.len() > 64 {
+            return Err("source must be 1 to 64 characters".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: EventType) -> TrackingEvent {
+        TrackingEvent {
+            version: 1,
+            event_id: Uuid::from_u128(1),
+            email_id: Uuid::from_u128(2),
+            tenant: "acme".into(),
+            event_type,
+            occurred_at: Utc::now(),
+            source: "dispatcher".into(),
+            provider: Some("smtp".into()),
+            provider_message_id: None,
+            provider_event_id: None,
+            details: serde_json::json!({"attempt": 1}),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_refuses_operator_types_and_unknown_fields() {
+        let e = event(EventType::Dispatched);
+        let json = serde_json::to_string(&e).expect("serialises");
+        assert!(json.contains(r#""type":"dispatched""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<TrackingEvent>(&json).expect("parses"),
+            e
+        );
+        assert!(e.validate().is_ok());
+        assert!(event(EventType::Accepted).validate().is_err());
+        assert!(event(EventType::Queued).validate().is_err());
+        let extra = json.replacen('{', r#"{"surprise":1,"#, 1);
+        assert!(serde_json::from_str::<TrackingEvent>(&extra).is_err());
+    }
+}

@@ -1,0 +1,93 @@
+//! `smtp-capture`: runs the capture SMTP server on its own (quick start, manual tests,
+//! benchmarks) and logs one line per accepted message.
+
+use std::io::IsTerminal as _;
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+use mailtrail_smtp_capture::{Mode, SmtpCapture};
+
+/// mailtrail smtp-capture: a fast SMTP server that accepts mail and logs it instead of
+/// delivering it.
+///
+/// Logs one line per accepted message (queue id, sender, recipients, X-Mailtrail-Id, Subject)
+/// to stderr; messages are not kept. Runs until SIGTERM or SIGINT (exit 0). Every flag can also
+/// be set with the environment variable shown beside it; `MAILTRAIL_LOG` filters the log
+/// (default `info`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on for SMTP.
+    #[arg(
+        long,
+        env = "MAILTRAIL_SMTP_CAPTURE_ADDR",
+        default_value = "127.0.0.1:2525"
+    )]
+    addr: SocketAddr,
+    /// How to answer: accept everything, fail every MAIL FROM with 451, or drop every
+    /// connection.
+    #[arg(long, env = "MAILTRAIL_SMTP_CAPTURE_MODE", value_enum, default_value_t = ModeArg::Accept)]
+    mode: ModeArg,
+    /// Log format: text or json.
+    #[arg(long, env = "MAILTRAIL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Accept,
+    TransientFailure,
+    DropConnections,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Mode {
+        match mode {
+            ModeArg::Accept => Mode::Accept,
+            ModeArg::TransientFailure => Mode::TransientFailure,
+            ModeArg::DropConnections => Mode::DropConnections,
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAILTRAIL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    if format.eq_ignore_ascii_case("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(&args.log_format);
+    let capture = SmtpCapture::start_on(args.addr).await?;
+    capture.set_keep_messages(false);
+    capture.set_mode(args.mode.into());
+    capture.on_message(|message| {
+        tracing::info!(
+            queue_id = %message.message_id,
+            from = %message.mail_from,
+            to = %message.rcpt_to.join(","),
+            mailtrail_id = message.header("X-Mailtrail-Id").unwrap_or_default(),
+            subject = message.header("Subject").unwrap_or_default(),
+            "message accepted"
+        );
+    });
+    tracing::info!(addr = %capture.addr(), url = %capture.url(), mode = ?args.mode, "smtp-capture listening");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result?,
+    }
+    tracing::info!(messages = capture.message_count(), "smtp-capture stopping");
+    Ok(())
+}
