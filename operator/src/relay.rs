@@ -153,11 +153,14 @@ impl Relay {
             .iter()
             .map(|job| self.message_for(job))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // `queued` is the moment the jobs are handed to the broker: stamped before the publish,
+        // because a dispatcher may take and send a job before its confirm reaches us, and its
+        // history must still read queued → dispatched.
+        let handed_over_at = Utc::now();
         self.publisher
             .publish_all(&messages)
             .await
             .context("cannot publish dispatch jobs")?;
-        let handed_over_at = Utc::now();
         faults::crash_point(faults::RELAY_AFTER_PUBLISH);
 
         let events = jobs

@@ -4,6 +4,7 @@
 mod api;
 mod crash;
 mod examples;
+mod flight;
 mod helpers;
 mod hostile;
 mod intake;

@@ -1,0 +1,307 @@
+//! End to end through real processes: the operator and the dispatcher binaries, RabbitMQ,
+//! PostgreSQL and a real SMTP server (smtp-capture). Needs the dispatcher binary, which
+//! `cargo test --workspace` (the test command) builds.
+
+use crate::helpers::World;
+use mailtrail_shared::topology::Queue;
+use mailtrail_smtp_capture::{Mode, SmtpCapture};
+use mailtrail_test_support::{ServiceProcess, TcpProxy, eventually, free_port, target_bin};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+fn operator(world: &World) -> ServiceProcess {
+    ServiceProcess::spawn(
+        "operator",
+        env!("CARGO_BIN_EXE_operator"),
+        &["run"],
+        &world.operator_env(),
+    )
+    .expect("start the operator")
+}
+
+fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -> ServiceProcess {
+    let program = target_bin("dispatcher");
+    assert!(
+        program.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (scripts/test.sh does)",
+        program.display()
+    );
+    ServiceProcess::spawn(
+        "dispatcher",
+        program,
+        &[],
+        &[
+            (
+                "MAILTRAIL_AMQP_URL",
+                amqp_url.unwrap_or_else(mailtrail_test_support::amqp_url),
+            ),
+            ("MAILTRAIL_AMQP_HEARTBEAT_SECS", "2".to_owned()),
+            ("MAILTRAIL_QUEUE_PREFIX", world.broker.prefix().to_owned()),
+            ("MAILTRAIL_SMTP_URL", smtp.url()),
+            ("MAILTRAIL_SMTP_TIMEOUT_MS", "3000".to_owned()),
+            ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("MAILTRAIL_RETRY_DELAY_SECS", "1".to_owned()),
+            ("MAILTRAIL_MAX_ATTEMPTS", "60".to_owned()),
+        ],
+    )
+    .expect("start the dispatcher")
+}
+
+fn request(n: usize) -> String {
+    let to = if n % 2 == 0 {
+        format!(r#"["a{n}@example.com", "b{n}@example.org"]"#)
+    } else {
+        format!(r#""a{n}@example.com""#)
+    };
+    format!(
+        r#"{{"id": "flight-{n}", "tenant": "acme", "from": "Acme <shop@acme.test>", "to": {to},
+            "subject": "Order {n}", "text": "Thanks", "html": "<p>Thanks</p>"}}"#
+    )
+}
+
+/// email id → (recipient, timeline as "type,type,…").
+async fn histories(world: &World) -> BTreeMap<String, (String, String)> {
+    world
+        .query(
+            "SELECT m.id::text, m.recipient_canonical,
+                    string_agg(e.event_type, ',' ORDER BY e.occurred_at, e.lifecycle_rank, e.seq)
+               FROM emails m JOIN events e ON e.email_id = m.id
+              GROUP BY m.id, m.recipient_canonical",
+        )
+        .await
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+async fn count_status(world: &World, status: &str) -> i64 {
+    world
+        .count(&format!(
+            "SELECT count(*) FROM emails WHERE status = '{status}'"
+        ))
+        .await
+}
+
+/// X-Mailtrail-Id → how many times the SMTP server received it, and to whom.
+fn received(smtp: &SmtpCapture) -> BTreeMap<String, (usize, Vec<String>)> {
+    let mut seen: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
+    for message in smtp.messages() {
+        let id = message.header("X-Mailtrail-Id").unwrap_or_default();
+        let entry = seen.entry(id).or_default();
+        entry.0 += 1;
+        entry.1.clone_from(&message.rcpt_to);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_requests_are_sent_once_each_and_their_histories_say_so() {
+    let world = World::new().await;
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    let mut operator = operator(&world);
+    let mut dispatcher = dispatcher(&world, &smtp, None);
+    for n in 0..500 {
+        world
+            .publish(Queue::Mailbox, request(n).as_bytes(), None)
+            .await;
+    }
+    let emails = 750;
+    eventually(
+        "every email dispatched",
+        Duration::from_secs(90),
+        || async { (count_status(&world, "dispatched").await == emails).then_some(()) },
+    )
+    .await;
+
+    let histories = histories(&world).await;
+    assert_eq!(histories.len(), emails as usize);
+    let seen = received(&smtp);
+    for (email_id, (recipient, timeline)) in &histories {
+        assert_eq!(timeline, "accepted,queued,dispatched", "email {email_id}");
+        let (times, rcpt_to) = seen
+            .get(email_id)
+            .unwrap_or_else(|| panic!("email {email_id} never reached the SMTP server"));
+        assert_eq!(*times, 1, "email {email_id} sent {times} times");
+        assert_eq!(rcpt_to, &vec![recipient.clone()], "one envelope recipient");
+    }
+    assert_eq!(smtp.message_count(), emails as usize);
+    // The dispatched event carries the server's queue id.
+    let with_queue_id = world
+        .count(
+            "SELECT count(*) FROM events WHERE event_type = 'dispatched' AND provider = 'smtp'
+               AND provider_message_id IS NOT NULL",
+        )
+        .await;
+    assert_eq!(with_queue_id, emails);
+
+    // The same 500 again, then one new request as a marker: once the marker is dispatched,
+    // everything published before it has been handled — and nothing new was sent.
+    for n in 0..500 {
+        world
+            .publish(Queue::Mailbox, request(n).as_bytes(), None)
+            .await;
+    }
+    world
+        .publish(Queue::Mailbox, request(501).as_bytes(), None)
+        .await;
+    eventually("the marker dispatched", Duration::from_secs(60), || async {
+        (count_status(&world, "dispatched").await == emails + 1).then_some(())
+    })
+    .await;
+    assert_eq!(smtp.message_count(), emails as usize + 1);
+    assert_eq!(world.count("SELECT count(*) FROM requests").await, 501);
+
+    for process in [&mut operator, &mut dispatcher] {
+        process.terminate();
+        let status = process
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .expect("exits after SIGTERM");
+        assert!(status.success(), "{} exits 0: {status:?}", process.name());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() {
+    let world = World::new().await;
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    smtp.set_mode(Mode::TransientFailure);
+    smtp.reject_recipient("nobody@example.com");
+    let _operator = operator(&world);
+    let _dispatcher = dispatcher(&world, &smtp, None);
+    let good = 10;
+    for n in 0..good {
+        let body = format!(
+            r#"{{"id": "trouble-{n}", "from": "shop@acme.test", "to": "u{n}@example.com", "subject": "S", "text": "T"}}"#
+        );
+        world.publish(Queue::Mailbox, body.as_bytes(), None).await;
+    }
+    let bad = r#"{"id": "trouble-bad", "from": "shop@acme.test", "to": "nobody@example.com", "subject": "S", "text": "T"}"#;
+    world.publish(Queue::Mailbox, bad.as_bytes(), None).await;
+    let deferred = || async {
+        world
+            .count("SELECT count(*) FROM events WHERE event_type = 'deferred'")
+            .await
+    };
+    eventually(
+        "4xx answers recorded as deferred",
+        Duration::from_secs(30),
+        || async { (deferred().await >= 11).then_some(()) },
+    )
+    .await;
+    let after_4xx = deferred().await;
+    smtp.set_mode(Mode::DropConnections);
+    eventually(
+        "dropped connections recorded as deferred",
+        Duration::from_secs(30),
+        || async { (deferred().await >= after_4xx + 11).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        smtp.message_count(),
+        0,
+        "nothing got through while in trouble"
+    );
+    smtp.set_mode(Mode::Accept);
+    eventually(
+        "the good mail delivered",
+        Duration::from_secs(30),
+        || async { (count_status(&world, "dispatched").await == good).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the refused recipient failed",
+        Duration::from_secs(30),
+        || async { (count_status(&world, "failed").await == 1).then_some(()) },
+    )
+    .await;
+    let seen = received(&smtp);
+    assert_eq!(seen.len(), good as usize);
+    assert!(seen.values().all(|(times, _)| *times == 1), "{seen:?}");
+    let failed = world
+        .query(
+            "SELECT e.details->>'reason' FROM events e JOIN emails m ON m.id = e.email_id
+              WHERE e.event_type = 'failed' AND m.recipient_canonical = 'nobody@example.com'",
+        )
+        .await;
+    let reason: String = failed[0].get(0);
+    assert!(reason.contains("550"), "{reason}");
+    // Every good email went deferred … then dispatched, with attempts counted up.
+    for (email_id, (_, timeline)) in histories(&world).await {
+        let types: Vec<&str> = timeline.split(',').collect();
+        assert_eq!(
+            &types[..2],
+            ["accepted", "queued"],
+            "{email_id}: {timeline}"
+        );
+        assert!(types[2..types.len() - 1].iter().all(|t| *t == "deferred"));
+        assert!(
+            types.len() >= 5,
+            "{email_id} was deferred twice at least: {timeline}"
+        );
+        assert!(
+            matches!(types.last(), Some(&"dispatched") | Some(&"failed")),
+            "{email_id}: {timeline}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cutting_the_dispatchers_broker_connection_loses_nothing_and_sends_nothing_twice() {
+    let world = World::new().await;
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    let url = mailtrail_test_support::amqp_url();
+    let target: SocketAddr = "127.0.0.1:5672"
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("address");
+    let port = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(5672);
+    let target = SocketAddr::new(target.ip(), port);
+    let proxy = TcpProxy::start(target).await.expect("proxy");
+    let through = url.replacen(&format!(":{port}"), &format!(":{}", proxy.port()), 1);
+    let _operator = operator(&world);
+    let _dispatcher = dispatcher(&world, &smtp, Some(through));
+    let total = 400usize;
+    let publisher = async {
+        for n in 0..total {
+            let body = format!(
+                r#"{{"id": "cut-{n}", "from": "shop@acme.test", "to": "u{n}@example.com", "subject": "S", "text": "T"}}"#
+            );
+            world.publish(Queue::Mailbox, body.as_bytes(), None).await;
+        }
+    };
+    let cutter = async {
+        smtp.wait_for_count(50, Duration::from_secs(60)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.cut();
+    };
+    tokio::join!(publisher, cutter);
+    eventually(
+        "every email dispatched",
+        Duration::from_secs(90),
+        || async { (count_status(&world, "dispatched").await == total as i64).then_some(()) },
+    )
+    .await;
+    let seen = received(&smtp);
+    let twice: BTreeSet<&String> = seen
+        .iter()
+        .filter(|(_, (times, _))| *times > 1)
+        .map(|(id, _)| id)
+        .collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+    assert_eq!(seen.len(), total);
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM events WHERE event_type = 'dispatched'")
+            .await,
+        total as i64,
+        "one dispatched event per email"
+    );
+}
