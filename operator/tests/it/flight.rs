@@ -49,7 +49,7 @@ fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -> Se
 }
 
 fn request(n: usize) -> String {
-    let to = if n % 2 == 0 {
+    let to = if n.is_multiple_of(2) {
         format!(r#"["a{n}@example.com", "b{n}@example.org"]"#)
     } else {
         format!(r#""a{n}@example.com""#)
