@@ -2,14 +2,15 @@
 # Quick start: one command from a clean clone to a running mailtrail with sample histories.
 #   - installs (Debian) and starts RabbitMQ and PostgreSQL when needed,
 #   - creates the `mailtrail` database and a first admin API key (saved in target/run/api-key),
-#   - builds and starts the operator, the dispatcher and the webhook sink in the background
+#   - builds and starts the operator, the dispatcher, the webhook sink and smtp-capture (a local
+#     SMTP server that logs what it receives, on 127.0.0.1:2525) in the background
 #     (logs and pids in target/run/),
 #   - publishes sample requests with the Python example and prints their histories.
 # Stop everything with: scripts/run.sh stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\n=== %s\n' "$*" >&2; }
-services=(operator dispatcher webhook-sink)
+services=(operator dispatcher webhook-sink smtp-capture)
 
 stop_services() {
     for service in "${services[@]}"; do
@@ -48,7 +49,7 @@ if ! psql -w -X -d "$db_server/postgres" -Atqc "select 1 from pg_database where 
 fi
 
 say "building the services (the first build takes a few minutes)"
-cargo build --release --bin operator --bin dispatcher --bin webhook-sink
+cargo build --release --bin operator --bin dispatcher --bin webhook-sink --bin smtp-capture
 operator=target/release/operator
 mkdir -p target/run
 stop_services
@@ -60,9 +61,13 @@ fi
 key=$(cat target/run/api-key)
 
 say "starting the services (logs: target/run/<service>.log)"
+MAILTRAIL_SMTP_CAPTURE_ADDR=${MAILTRAIL_SMTP_CAPTURE_ADDR:-127.0.0.1:2525} \
+    nohup target/release/smtp-capture >>target/run/smtp-capture.log 2>&1 &
+echo $! >target/run/smtp-capture.pid
 nohup "$operator" run >>target/run/operator.log 2>&1 &
 echo $! >target/run/operator.pid
 MAILTRAIL_HTTP_ADDR=${MAILTRAIL_DISPATCHER_HTTP_ADDR:-127.0.0.1:8082} \
+    MAILTRAIL_SMTP_URL=${MAILTRAIL_SMTP_URL:-smtp://${MAILTRAIL_SMTP_CAPTURE_ADDR:-127.0.0.1:2525}} \
     nohup target/release/dispatcher >>target/run/dispatcher.log 2>&1 &
 echo $! >target/run/dispatcher.pid
 MAILTRAIL_HTTP_ADDR=${MAILTRAIL_WEBHOOK_SINK_HTTP_ADDR:-127.0.0.1:8081} \
@@ -89,13 +94,13 @@ for n in 1 2; do
 done
 
 say "histories"
-# Wait until the operator has recorded and queued every sample email (2 requests x 2 recipients).
+# Wait until every sample email (2 requests x 2 recipients) has been sent to smtp-capture.
 queued_sql="SELECT count(*) FROM emails e JOIN requests r ON r.id = e.request_id
-             WHERE r.request_key LIKE 'sample-$run_id-%' AND e.status = 'queued'"
+             WHERE r.request_key LIKE 'sample-$run_id-%' AND e.status = 'dispatched'"
 for attempt in $(seq 1 150); do
     [[ $(psql -w -X -d "$MAILTRAIL_DATABASE_URL" -Atqc "$queued_sql") -ge 4 ]] && break
     if [[ $attempt -eq 150 ]]; then
-        echo "the sample emails were not queued within 30 s; see target/run/operator.log" >&2
+        echo "the sample emails were not dispatched within 30 s; see target/run/*.log" >&2
         exit 1
     fi
     sleep 0.2
@@ -108,7 +113,7 @@ for id in $ids; do
 import json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + sys.argv[2]})
 m = json.load(urllib.request.urlopen(req, timeout=5))
-print(f"{m['id']}  {m['to']:<24} {m['status']:<10} " +
+print(f"{m['id']}  {m['to']:<20} {m['status']:<10} " +
       "  ".join(f"{e['type']}@{e['occurred_at'][11:23]}" for e in m["events"]))
 PY
 done
@@ -135,7 +140,8 @@ done
 
 cat >&2 <<TXT
 
-mailtrail is running: operator API $api (key in target/run/api-key), logs in target/run/.
+mailtrail is running: operator API $api (key in target/run/api-key), logs in target/run/;
+the emails went to smtp-capture on ${MAILTRAIL_SMTP_CAPTURE_ADDR:-127.0.0.1:2525} (target/run/smtp-capture.log).
 Try:  curl -H "Authorization: Bearer \$(cat target/run/api-key)" $api/v1/messages/<email id>
 Stop: scripts/run.sh stop
 TXT
