@@ -10,3 +10,4 @@ mod hostile;
 mod intake;
 mod reconnect;
 mod shutdown;
+mod tracking;
