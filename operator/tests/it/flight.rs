@@ -179,23 +179,30 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
     }
     let bad = r#"{"id": "trouble-bad", "from": "shop@acme.test", "to": "nobody@example.com", "subject": "S", "text": "T"}"#;
     world.publish(Queue::Mailbox, bad.as_bytes(), None).await;
-    let deferred = || async {
+    let emails_deferred = || async {
         world
-            .count("SELECT count(*) FROM events WHERE event_type = 'deferred'")
+            .count("SELECT count(DISTINCT email_id) FROM events WHERE event_type = 'deferred'")
             .await
     };
     eventually(
-        "4xx answers recorded as deferred",
+        "every email deferred by a 4xx answer",
         Duration::from_secs(30),
-        || async { (deferred().await >= 11).then_some(()) },
+        || async { (emails_deferred().await == good + 1).then_some(()) },
     )
     .await;
-    let after_4xx = deferred().await;
     smtp.set_mode(Mode::DropConnections);
+    let deferred_by_drops = || async {
+        world
+            .count(
+                "SELECT count(*) FROM events WHERE event_type = 'deferred'
+                   AND details->>'reason' NOT LIKE '%451%'",
+            )
+            .await
+    };
     eventually(
         "dropped connections recorded as deferred",
         Duration::from_secs(30),
-        || async { (deferred().await >= after_4xx + 11).then_some(()) },
+        || async { (deferred_by_drops().await > good).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -227,7 +234,7 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
         .await;
     let reason: String = failed[0].get(0);
     assert!(reason.contains("550"), "{reason}");
-    // Every good email went deferred … then dispatched, with attempts counted up.
+    // Every email went deferred (one or more times), then dispatched or failed.
     for (email_id, (_, timeline)) in histories(&world).await {
         let types: Vec<&str> = timeline.split(',').collect();
         assert_eq!(
@@ -237,8 +244,8 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
         );
         assert!(types[2..types.len() - 1].iter().all(|t| *t == "deferred"));
         assert!(
-            types.len() >= 5,
-            "{email_id} was deferred twice at least: {timeline}"
+            types.len() >= 4,
+            "{email_id} was deferred at least once: {timeline}"
         );
         assert!(
             matches!(types.last(), Some(&"dispatched") | Some(&"failed")),
