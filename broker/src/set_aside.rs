@@ -18,11 +18,22 @@ pub struct SetAside {
 }
 
 impl SetAside {
-    pub fn new(reason: &str, detail: impl Into<String>, set_aside_by: &'static str) -> SetAside {
+    /// Setting `message` aside: its id is derived from the source queue, message id and body, so
+    /// the same message set aside again (after a redelivery) is recognised.
+    pub fn for_message(
+        message: &Incoming,
+        reason: &str,
+        detail: &str,
+        set_aside_by: &'static str,
+    ) -> SetAside {
         SetAside {
-            dead_letter_id: Uuid::now_v7(),
+            dead_letter_id: mailtrail_shared::ids::dead_letter_id(
+                &message.queue_name,
+                message.message_id(),
+                &message.body,
+            ),
             reason: reason.to_owned(),
-            detail: detail.into(),
+            detail: detail.to_owned(),
             set_aside_by,
         }
     }

@@ -11,7 +11,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use mailtrail_broker::{Incoming, Publisher, connect, declare_retry_queue, declare_topology};
-use mailtrail_runtime::{Backoff, Readiness, serve_health};
+use mailtrail_runtime::{Readiness, serve_health, supervise};
 use mailtrail_shared::topology::Queue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,30 +58,12 @@ impl DispatcherApp {
         let server = serve_health(self.listener.try_clone()?, readiness)?;
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
-        let mut backoff = Backoff::default();
-        while !stop.is_cancelled() {
-            let started = tokio::time::Instant::now();
+        supervise("dispatcher", &stop, || async {
             let result = self.session(&stop, &broker_ready).await;
             broker_ready.store(false, Ordering::Relaxed);
-            match result {
-                Ok(()) => break,
-                Err(error) => {
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff = Backoff::default();
-                    }
-                    let wait = backoff.next_wait();
-                    tracing::error!(
-                        error = %format!("{error:#}"),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "dispatcher session ended; reconnecting"
-                    );
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-            }
-        }
+            result
+        })
+        .await;
         server_handle.stop(true).await;
         let _ = server_task.await;
         tracing::info!("dispatcher stopped");

@@ -1,6 +1,6 @@
 use clap::Parser;
 use mailtrail_dispatcher::{DispatcherApp, DispatcherConfig};
-use mailtrail_runtime::{init_tracing, stop_on_signal};
+use mailtrail_runtime::{init_tracing, run_with_drain_deadline, stop_on_signal};
 
 /// mailtrail dispatcher: consumes dispatch jobs, sends each over SMTP and reports every outcome
 /// (dispatched, deferred, failed) to the operator. Every flag can also be set with the
@@ -26,14 +26,5 @@ async fn main() -> anyhow::Result<()> {
     let app = DispatcherApp::build(cli.config).await?;
     let drain = std::time::Duration::from_millis(cli.drain_timeout_ms);
     let stopped = stop.clone();
-    tokio::select! {
-        result = app.run_until_stopped(stop) => result,
-        _ = async { stopped.cancelled().await; tokio::time::sleep(drain).await } => {
-            anyhow::bail!(
-                "jobs in hand did not finish within {} ms (MAILTRAIL_DRAIN_TIMEOUT_MS); \
-                 unacked jobs return to their queues",
-                drain.as_millis()
-            )
-        }
-    }
+    run_with_drain_deadline(&stopped, drain, app.run_until_stopped(stop)).await
 }

@@ -161,16 +161,7 @@ impl Dispatcher {
         detail: &str,
     ) -> anyhow::Result<Handled> {
         tracing::warn!(queue = %delivery.queue_name, reason, detail, "dispatch job set aside");
-        let set_aside = SetAside {
-            dead_letter_id: mailtrail_shared::ids::dead_letter_id(
-                &delivery.queue_name,
-                delivery.message_id(),
-                &delivery.body,
-            ),
-            reason: reason.to_owned(),
-            detail: detail.to_owned(),
-            set_aside_by: SERVICE,
-        };
+        let set_aside = SetAside::for_message(delivery, reason, detail, SERVICE);
         self.publisher
             .publish(set_aside.message_for(delivery, &self.topology))
             .await?;

@@ -14,7 +14,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use mailtrail_broker::{Incoming, Publisher, connect, declare_topology};
-use mailtrail_runtime::Backoff;
+use mailtrail_runtime::supervise;
 use mailtrail_shared::topology::Queue;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,30 +98,15 @@ impl Operator {
             self.config.database_timeout(),
             shutdown.clone(),
         ));
-        let mut backoff = Backoff::default();
-        while !shutdown.is_cancelled() {
-            let started = tokio::time::Instant::now();
-            match self.session(&shutdown).await {
-                Ok(()) => break,
-                Err(error) => {
-                    // A failed session may have left connections waiting on a silent socket.
-                    db::discard_idle(&self.pool);
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff = Backoff::default();
-                    }
-                    let wait = backoff.next_wait();
-                    tracing::error!(
-                        error = %format!("{error:#}"),
-                        retry_in_ms = wait.as_millis() as u64,
-                        "operator session ended; reconnecting"
-                    );
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+        supervise("operator", &shutdown, || async {
+            let result = self.session(&shutdown).await;
+            if result.is_err() {
+                // A failed session may have left connections waiting on a silent socket.
+                db::discard_idle(&self.pool);
             }
-        }
+            result
+        })
+        .await;
         server_handle.stop(true).await;
         let _ = server_task.await;
         let _ = liveness.await;

@@ -180,16 +180,7 @@ impl Intake {
     }
 
     fn set_aside_for(&self, message: &Incoming, reason: &str, detail: &str) -> SetAside {
-        SetAside {
-            dead_letter_id: ids::dead_letter_id(
-                &message.queue_name,
-                message.message_id(),
-                &message.body,
-            ),
-            reason: reason.to_owned(),
-            detail: detail.to_owned(),
-            set_aside_by: SERVICE,
-        }
+        SetAside::for_message(message, reason, detail, SERVICE)
     }
 
     /// The one transaction of the intake step.

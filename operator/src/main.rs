@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use mailtrail_operator::{Operator, OperatorConfig, db, keys};
-use mailtrail_runtime::{init_tracing, stop_on_signal};
+use mailtrail_runtime::{init_tracing, run_with_drain_deadline, stop_on_signal};
 
 /// mailtrail operator: accepts mailbox requests, records every email's history in PostgreSQL
 /// and hands dispatch jobs to the dispatcher. Every flag can also be set with the
@@ -72,16 +72,12 @@ async fn main() -> anyhow::Result<()> {
             let drain_timeout = std::time::Duration::from_millis(cli.config.drain_timeout_ms);
             let operator = Operator::build(cli.config).await?;
             let stopped = shutdown.clone();
-            tokio::select! {
-                result = operator.run_until_stopped(shutdown) => result,
-                _ = async { stopped.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
-                    anyhow::bail!(
-                        "work in hand did not finish within {} ms (MAILTRAIL_DRAIN_TIMEOUT_MS); \
-                         unacked deliveries return to their queues",
-                        drain_timeout.as_millis()
-                    )
-                }
-            }
+            run_with_drain_deadline(
+                &stopped,
+                drain_timeout,
+                operator.run_until_stopped(shutdown),
+            )
+            .await
         }
     }
 }

@@ -212,16 +212,7 @@ impl Tracker {
 }
 
 fn set_aside_for(message: &Incoming, reason: &str, detail: &str) -> SetAside {
-    SetAside {
-        dead_letter_id: mailtrail_shared::ids::dead_letter_id(
-            &message.queue_name,
-            message.message_id(),
-            &message.body,
-        ),
-        reason: reason.to_owned(),
-        detail: detail.to_owned(),
-        set_aside_by: SERVICE,
-    }
+    SetAside::for_message(message, reason, detail, SERVICE)
 }
 
 /// A tracking event, or (reason, detail) for setting the message aside.

@@ -1,4 +1,3 @@
-use crate::Backoff;
 use mailtrail_broker::{BrokerSettings, connect, declare_topology};
 use mailtrail_shared::topology::{QueueType, Topology};
 use std::sync::Arc;
@@ -56,15 +55,13 @@ pub async fn hold_broker_connection(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    while !stop.is_cancelled() {
+    crate::supervise("broker", &stop, || async {
         let result = async {
             let connection = connect(&settings).await?;
             let channel = connection.create_channel().await?;
             declare_topology(&channel, &topology).await?;
             ready.store(true, Ordering::Relaxed);
             tracing::info!("broker connected; topology applied");
-            backoff = Backoff::default();
             // lapin marks the connection closed on a socket error or two missed heartbeats.
             while connection.status().connected() {
                 tokio::select! {
@@ -79,19 +76,9 @@ pub async fn hold_broker_connection(
         }
         .await;
         ready.store(false, Ordering::Relaxed);
-        if let Err(error) = result {
-            let wait = backoff.next_wait();
-            tracing::error!(
-                error = %format!("{error:#}"),
-                retry_in_ms = wait.as_millis() as u64,
-                "broker unavailable; reconnecting"
-            );
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
+        result
+    })
+    .await;
 }
 
 /// Runs a service whose only dependency so far is the broker: health endpoints on `listener`,

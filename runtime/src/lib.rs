@@ -7,9 +7,11 @@ mod broker_session;
 mod health;
 mod logging;
 mod signals;
+mod supervise;
 
 pub use backoff::Backoff;
 pub use broker_session::{BrokerArgs, bind_http, hold_broker_connection, run_broker_only_service};
 pub use health::{HEALTH_PATHS, Readiness, health_routes, serve_health};
 pub use logging::init_tracing;
 pub use signals::stop_on_signal;
+pub use supervise::{run_with_drain_deadline, supervise};
