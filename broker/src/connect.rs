@@ -52,6 +52,22 @@ pub async fn connect(settings: &BrokerSettings) -> anyhow::Result<Connection> {
     })
 }
 
+/// Closes a connection politely, but never waits more than two seconds for the broker's answer:
+/// a shutdown or a reconnect must not hang on a broker that stopped answering. Unacked
+/// deliveries return to their queues either way, when the socket closes.
+pub async fn close_connection(connection: &Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    if tokio::time::timeout(Duration::from_secs(2), closing)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            reason,
+            "the broker did not confirm the connection close within 2 s"
+        );
+    }
+}
+
 /// The URL with any password replaced by `***`, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

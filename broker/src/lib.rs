@@ -14,7 +14,7 @@ mod publish;
 mod set_aside;
 mod topology;
 
-pub use connect::{BrokerSettings, connect, redact};
+pub use connect::{BrokerSettings, close_connection, connect, redact};
 pub use incoming::{Incoming, header_i64, header_string};
 pub use publish::{OutgoingMessage, PublishError, Publisher, json_properties};
 pub use set_aside::SetAside;

@@ -10,7 +10,9 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
-use mailtrail_broker::{Incoming, Publisher, connect, declare_retry_queue, declare_topology};
+use mailtrail_broker::{
+    Incoming, Publisher, close_connection, connect, declare_retry_queue, declare_topology,
+};
 use mailtrail_runtime::{Readiness, serve_health, supervise};
 use mailtrail_shared::topology::Queue;
 use std::sync::Arc;
@@ -171,9 +173,7 @@ impl DispatcherApp {
         }
         .await;
         // Closing hands every unacked delivery back to its queue.
-        let _ = connection
-            .close(200, "dispatcher session ending".into())
-            .await;
+        close_connection(&connection, "dispatcher session ending").await;
         result
     }
 }

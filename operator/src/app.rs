@@ -13,7 +13,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
-use mailtrail_broker::{Incoming, Publisher, connect, declare_topology};
+use mailtrail_broker::{Incoming, Publisher, close_connection, connect, declare_topology};
 use mailtrail_runtime::supervise;
 use mailtrail_shared::topology::Queue;
 use std::sync::Arc;
@@ -107,6 +107,7 @@ impl Operator {
             result
         })
         .await;
+        tracing::info!("broker session closed; stopping the HTTP API");
         server_handle.stop(true).await;
         let _ = server_task.await;
         let _ = liveness.await;
@@ -172,9 +173,7 @@ impl Operator {
         .await;
         self.broker_ready.store(false, Ordering::Relaxed);
         // Closing the connection hands every unacked delivery back to its queue.
-        let _ = connection
-            .close(200, "operator session ending".into())
-            .await;
+        close_connection(&connection, "operator session ending").await;
         result
     }
 

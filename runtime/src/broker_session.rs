@@ -66,7 +66,7 @@ pub async fn hold_broker_connection(
             while connection.status().connected() {
                 tokio::select! {
                     _ = stop.cancelled() => {
-                        let _ = connection.close(200, "shutting down".into()).await;
+                        mailtrail_broker::close_connection(&connection, "shutting down").await;
                         return Ok(());
                     }
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
