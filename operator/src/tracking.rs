@@ -107,7 +107,7 @@ impl Tracker {
                                 "unknown_email",
                                 format!("no email {} is recorded", event.email_id),
                             )),
-                            Some(tenant) if *tenant != event.tenant => Some((
+                            Some(tenant) if !event.may_speak_for(tenant) => Some((
                                 "tenant_mismatch",
                                 format!(
                                     "email {} belongs to another tenant than {:?}",

@@ -9,6 +9,11 @@ use uuid::Uuid;
 
 pub const TRACKING_EVENT_VERSION: u32 = 1;
 
+/// The `tenant` of an event reported under a credential valid for every tenant (a webhook
+/// signing key not tied to one tenant). Not a valid tenant name, so it cannot be confused with
+/// one.
+pub const ANY_TENANT: &str = "*";
+
 /// Event types other services may report. `accepted`, `scheduled`, `queued` and `cancelled` are
 /// the operator's own and are refused on the tracking queue.
 pub const REPORTABLE: &[EventType] = &[
@@ -31,6 +36,9 @@ pub struct TrackingEvent {
     /// De-duplication key: the same event republished carries the same id.
     pub event_id: Uuid,
     pub email_id: Uuid,
+    /// The tenant the reporter speaks for: the email's tenant (dispatcher), or the tenant of the
+    /// webhook credential that verified the report, or [`ANY_TENANT`]. The operator records the
+    /// event only if the email belongs to it.
     pub tenant: String,
     #[serde(rename = "type")]
     pub event_type: EventType,
@@ -52,6 +60,11 @@ pub struct TrackingEvent {
 }
 
 impl TrackingEvent {
+    /// May a report with this `tenant` speak for an email of `email_tenant`?
+    pub fn may_speak_for(&self, email_tenant: &str) -> bool {
+        self.tenant == ANY_TENANT || self.tenant == email_tenant
+    }
+
     /// Checks what serde cannot: the version and that the type may come from outside.
     pub fn validate(&self) -> Result<(), String> {
         if self.version != TRACKING_EVENT_VERSION {

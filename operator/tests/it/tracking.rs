@@ -77,6 +77,7 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
             tracking(&event(email, "globex", EventType::Delivered, 0)),
             tracking(&queued),
             incoming(&world, Queue::Tracking, "not json", None),
+            tracking(&event(email, "*", EventType::Delivered, 3)),
         ])
         .await
         .expect("tracking");
@@ -97,7 +98,8 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
             "unknown_email",
             "tenant_mismatch",
             "invalid_event",
-            "invalid_event"
+            "invalid_event",
+            "recorded"
         ]
     );
     let timeline = world
@@ -108,7 +110,7 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
         .await;
     assert_eq!(
         timeline[0].get::<_, String>(0),
-        "accepted,queued,dispatched,failed"
+        "accepted,queued,dispatched,failed,delivered"
     );
     let summary = world
         .query(&format!(
@@ -141,7 +143,7 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
                 "SELECT count(*) FROM events WHERE email_id = '{email}'"
             ))
             .await,
-        4
+        5
     );
     // Four set aside, on the dead-letter queue and in the table.
     let set_aside = world.drain_queue(Queue::DeadLetter).await;
