@@ -1,9 +1,6 @@
-use mailtrail_broker::{BrokerSettings, connect, declare_topology};
+use mailtrail_broker::BrokerSettings;
 use mailtrail_shared::topology::{QueueType, Topology};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The broker settings every service reads: one definition, so each binary's `--help` and the
 /// README agree.
@@ -43,69 +40,6 @@ impl BrokerArgs {
     pub fn topology(&self) -> Topology {
         Topology::new(self.queue_prefix.clone(), self.queue_type)
     }
-}
-
-/// Keeps one broker connection open until `stop`: connects, applies the topology, sets `ready`,
-/// and on loss (a cut, missed heartbeats, a broker restart) clears `ready` and reconnects with
-/// backoff. For services whose work does not yet use the broker, so `/readyz` still tells the
-/// truth about it.
-pub async fn hold_broker_connection(
-    settings: BrokerSettings,
-    topology: Topology,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    crate::supervise("broker", &stop, || async {
-        let result = async {
-            let connection = connect(&settings).await?;
-            let channel = connection.create_channel().await?;
-            declare_topology(&channel, &topology).await?;
-            ready.store(true, Ordering::Relaxed);
-            tracing::info!("broker connected; topology applied");
-            // lapin marks the connection closed on a socket error or two missed heartbeats.
-            while connection.status().connected() {
-                tokio::select! {
-                    _ = stop.cancelled() => {
-                        mailtrail_broker::close_connection(&connection, "shutting down").await;
-                        return Ok(());
-                    }
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-            }
-            anyhow::bail!("the broker connection was lost")
-        }
-        .await;
-        ready.store(false, Ordering::Relaxed);
-        result
-    })
-    .await;
-}
-
-/// Runs a service whose only dependency so far is the broker: health endpoints on `listener`,
-/// one supervised broker connection, until `stop`. The dispatcher and the webhook sink run this
-/// until their own work lands.
-pub async fn run_broker_only_service(
-    service: &str,
-    broker: &BrokerArgs,
-    listener: std::net::TcpListener,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut readiness = crate::Readiness::default();
-    let broker_ready = readiness.track("broker");
-    let server = crate::serve_health(listener, readiness)?;
-    let server_handle = server.handle();
-    let server_task = tokio::spawn(server);
-    hold_broker_connection(
-        broker.settings(service),
-        broker.topology(),
-        broker_ready,
-        stop,
-    )
-    .await;
-    server_handle.stop(true).await;
-    let _ = server_task.await;
-    tracing::info!("{service} stopped");
-    Ok(())
 }
 
 /// Binds the HTTP listener, with an error that says which setting to change.

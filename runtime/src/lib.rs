@@ -1,6 +1,6 @@
 //! Process plumbing every mailtrail service shares, so each `main.rs` stays a few lines:
-//! logging, stop signals, reconnect backoff, the `/healthz` and `/readyz` endpoints, and a
-//! supervised broker connection for services whose only dependency is the broker.
+//! logging, stop signals, reconnect backoff and supervision, the `/healthz` and `/readyz`
+//! endpoints, and the broker settings every binary reads.
 
 mod backoff;
 mod broker_session;
@@ -10,7 +10,7 @@ mod signals;
 mod supervise;
 
 pub use backoff::Backoff;
-pub use broker_session::{BrokerArgs, bind_http, hold_broker_connection, run_broker_only_service};
+pub use broker_session::{BrokerArgs, bind_http};
 pub use health::{HEALTH_PATHS, Readiness, health_routes, serve_health};
 pub use logging::init_tracing;
 pub use signals::stop_on_signal;

@@ -21,15 +21,20 @@ pub async fn try_http_get(
     path: &str,
     bearer: Option<&str>,
 ) -> std::io::Result<(u16, String, serde_json::Value)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = bearer
         .map(|key| format!("Authorization: Bearer {key}\r\n"))
         .unwrap_or_default();
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
+    exchange(port, request.as_bytes()).await
+}
+
+async fn exchange(port: u16, request: &[u8]) -> std::io::Result<(u16, String, serde_json::Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(request).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
+    // A server may answer (413, say) and close before reading the whole body.
+    let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw);
     let invalid =
         |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
@@ -51,6 +56,28 @@ pub async fn try_http_get(
         .unwrap_or_default();
     let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     Ok((status, content_type, body))
+}
+
+/// `POST path` with extra headers and a body: (status, content type, body as JSON).
+pub async fn http_post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, serde_json::Value) {
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    exchange(port, &request)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} on port {port}: {e}"))
 }
 
 /// A port that was free a moment ago, for a service that must be told its port up front.

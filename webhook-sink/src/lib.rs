@@ -1,5 +1,14 @@
-//! mailtrail's webhook sink. So far: the signature checks every provider webhook must pass
-//! before its body is even parsed ([`verify`]); the endpoints, normalisation and hand-off to the
-//! tracking queue come with the rest of the "Webhook sink" issue.
+//! mailtrail's webhook sink: receives provider webhooks, verifies each signature over the raw
+//! body before parsing it, normalises the events and hands them to the tracking queue with
+//! publisher confirms before answering 2xx. It keeps no database.
+//!
+//! Built so far: the `standard` endpoint (mailtrail's own event schema signed per Standard
+//! Webhooks), and the Mailgun signature check; the other providers follow.
 
+pub mod app;
+pub mod config;
+pub mod standard_events;
 pub mod verify;
+
+pub use app::SinkApp;
+pub use config::SinkConfig;

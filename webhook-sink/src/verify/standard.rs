@@ -57,13 +57,14 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Verifies a request against every key; `now` in Unix seconds.
+/// Verifies a request against every key; `now` in Unix seconds. Returns the index of the key
+/// that signed it (its tenant scope is the report's).
 pub fn verify(
     keys: &[SigningKey],
     request: &SignedRequest<'_>,
     now: i64,
     window: Duration,
-) -> Result<(), VerifyError> {
+) -> Result<usize, VerifyError> {
     if keys.is_empty() {
         return Err(VerifyError::NoKeys);
     }
@@ -92,18 +93,22 @@ pub fn verify(
             "no v1 signature in the header".into(),
         ));
     }
-    let mut matched = subtle::Choice::from(0);
-    for key in keys {
+    // Every key and candidate is compared, in constant time each, whichever matches.
+    let mut signer = None;
+    for (index, key) in keys.iter().enumerate() {
         let expected = key.sign(id, timestamp, request.body);
+        let mut matched = subtle::Choice::from(0);
         for candidate in &candidates {
             matched |= expected.as_slice().ct_eq(candidate.as_slice());
         }
+        if bool::from(matched) && signer.is_none() {
+            signer = Some(index);
+        }
     }
-    if !bool::from(matched) {
-        return Err(VerifyError::NoMatch);
-    }
+    let signer = signer.ok_or(VerifyError::NoMatch)?;
     // Checked after the signature, so an unsigned timestamp tells an attacker nothing.
-    check_window(seconds, now, window)
+    check_window(seconds, now, window)?;
+    Ok(signer)
 }
 
 #[cfg(test)]
@@ -163,7 +168,7 @@ mod tests {
                     now,
                     WINDOW
                 ),
-                Ok(())
+                Ok(0)
             );
         }
     }
@@ -232,7 +237,7 @@ mod tests {
                 now,
                 WINDOW
             ),
-            Ok(())
+            Ok(1)
         );
         // Outside the window, either way, only after the signature matched.
         assert!(matches!(
