@@ -20,7 +20,7 @@ fn operator(world: &World) -> ServiceProcess {
     .expect("start the operator")
 }
 
-fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -> ServiceProcess {
+pub fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -> ServiceProcess {
     let program = target_bin("dispatcher");
     assert!(
         program.exists(),

@@ -11,3 +11,4 @@ mod intake;
 mod reconnect;
 mod shutdown;
 mod tracking;
+mod webhooks;
