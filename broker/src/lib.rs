@@ -16,7 +16,7 @@ mod topology;
 
 pub use connect::{BrokerSettings, close_connection, connect, redact};
 pub use incoming::{Incoming, header_i64, header_string};
-pub use publish::{OutgoingMessage, PublishError, Publisher, json_properties};
+pub use publish::{CONFIRM_TIMEOUT, OutgoingMessage, PublishError, Publisher, json_properties};
 pub use set_aside::SetAside;
 pub use topology::{declare_retry_queue, declare_topology, queue_depth};
 

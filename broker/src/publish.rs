@@ -11,6 +11,8 @@ pub enum PublishError {
     Nacked(String),
     #[error("no queue named {0:?}: the message was returned unroutable")]
     Unroutable(String),
+    #[error("no publisher confirm from the broker within {} s; the connection is presumed lost", CONFIRM_TIMEOUT.as_secs())]
+    NoConfirm,
     #[error("publishing to {queue:?} failed: {source}")]
     Channel {
         queue: String,
@@ -18,6 +20,10 @@ pub enum PublishError {
         source: lapin::Error,
     },
 }
+
+/// How long a publish waits for its confirm. A confirm that never comes (the connection died
+/// with the frames in flight) must become an error the caller can retry, never a hang.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// One message to publish to a queue through the default exchange.
 #[derive(Debug, Clone)]
@@ -80,7 +86,9 @@ impl Publisher {
                 })?;
             pending.push(confirm);
         }
-        let confirmations = join_all(pending).await;
+        let confirmations = tokio::time::timeout(CONFIRM_TIMEOUT, join_all(pending))
+            .await
+            .map_err(|_| PublishError::NoConfirm)?;
         for (message, confirmation) in messages.iter().zip(confirmations) {
             let queue = || message.routing_key.clone();
             match confirmation.map_err(|source| PublishError::Channel {

@@ -11,7 +11,8 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use mailtrail_broker::{
-    Incoming, Publisher, close_connection, connect, declare_retry_queue, declare_topology,
+    CONFIRM_TIMEOUT, Incoming, Publisher, close_connection, connect, declare_retry_queue,
+    declare_topology,
 };
 use mailtrail_runtime::{Readiness, serve_health, supervise};
 use mailtrail_shared::topology::Queue;
@@ -20,6 +21,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How long an ack may go unanswered before the connection is presumed lost.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct DispatcherApp {
     config: DispatcherConfig,
@@ -143,11 +147,13 @@ impl DispatcherApp {
                 let dispatcher = dispatcher.clone();
                 in_hand.spawn(async move {
                     dispatcher.handle(&incoming).await?;
-                    delivery
-                        .acker
-                        .ack(BasicAckOptions::default())
-                        .await
-                        .context("cannot ack a dispatch job")?;
+                    tokio::time::timeout(
+                        ACK_TIMEOUT,
+                        delivery.acker.ack(BasicAckOptions::default()),
+                    )
+                    .await
+                    .context("no answer to an ack; the connection is presumed lost")?
+                    .context("cannot ack a dispatch job")?;
                     Ok(())
                 });
             };
@@ -161,10 +167,24 @@ impl DispatcherApp {
                 tracing::info!(jobs = in_hand.len(), "finishing the jobs in hand");
             }
             let mut first_error = outcome.err();
-            while let Some(joined) = in_hand.join_next().await {
-                if let Err(error) = joined.context("a dispatch task panicked").and_then(|r| r) {
-                    first_error.get_or_insert(error);
+            // Sends are bounded by the SMTP timeout and reports by the confirm timeout; past
+            // both, whatever is left is abandoned (unacked, so it is redelivered).
+            let drain_limit = self.config.smtp_timeout() * 2 + CONFIRM_TIMEOUT + ACK_TIMEOUT;
+            let drained = tokio::time::timeout(drain_limit, async {
+                while let Some(joined) = in_hand.join_next().await {
+                    if let Err(error) = joined.context("a dispatch task panicked").and_then(|r| r) {
+                        first_error.get_or_insert(error);
+                    }
                 }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    jobs = in_hand.len(),
+                    "jobs in hand did not finish; abandoning them"
+                );
+                in_hand.abort_all();
+                first_error.get_or_insert(anyhow::anyhow!("jobs in hand did not finish"));
             }
             match first_error {
                 Some(error) => Err(error),

@@ -62,6 +62,12 @@ impl JobMemory {
         let mut inner = self.lock();
         self.evict(&mut inner);
         match inner.entries.get(&key) {
+            // An attempt whose task ended without an outcome (aborted, say) is sent again.
+            Some(Entry::InFlight(receiver)) if receiver.has_changed().is_err() => {
+                let (sender, receiver) = watch::channel(None);
+                inner.entries.insert(key, Entry::InFlight(receiver));
+                Begin::Fresh(Slot { key, sender })
+            }
             Some(Entry::InFlight(receiver)) => Begin::InFlight(receiver.clone()),
             Some(Entry::Done(outcome, _)) => Begin::Done(outcome.clone()),
             None => {
@@ -168,6 +174,13 @@ mod tests {
         assert!(matches!(memory.begin(key), Begin::Done(_)));
         // Another attempt of the same job is sent.
         assert!(matches!(memory.begin((key.0, 2)), Begin::Fresh(_)));
+        // An attempt abandoned without an outcome (its slot dropped) is sent again.
+        let abandoned = (Uuid::from_u128(5), 1);
+        let Begin::Fresh(slot) = memory.begin(abandoned) else {
+            panic!("fresh");
+        };
+        drop(slot);
+        assert!(matches!(memory.begin(abandoned), Begin::Fresh(_)));
     }
 
     #[test]
