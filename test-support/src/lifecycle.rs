@@ -1,7 +1,6 @@
 //! The life-cycle check every broker-only service binary must pass.
 
 use crate::{ServiceProcess, TcpProxy, TestBroker, amqp_url, eventually, free_port, try_http_get};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,21 +9,7 @@ use std::time::Duration;
 /// again after it is back, and that SIGTERM makes it exit 0.
 pub async fn check_broker_only_service(name: &str, program: impl AsRef<Path>) {
     let broker = TestBroker::new();
-    let url = amqp_url();
-    let (authority_start, path_start) = authority_bounds(&url);
-    let host_port = &url[authority_start..path_start];
-    let target: SocketAddr = host_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4))
-        .expect("a resolvable broker address");
-    let proxy = TcpProxy::start(target).await.expect("proxy");
-    let through = format!(
-        "{}127.0.0.1:{}{}",
-        &url[..authority_start],
-        proxy.port(),
-        &url[path_start..]
-    );
+    let (proxy, through) = TcpProxy::for_url(&amqp_url()).await.expect("proxy");
     let port = free_port();
     let mut process = ServiceProcess::spawn(
         name,
@@ -90,16 +75,4 @@ pub async fn check_broker_only_service(name: &str, program: impl AsRef<Path>) {
         "{name} exits 0 on SIGTERM, got {status:?}; log: {}",
         process.log_path().display()
     );
-}
-
-/// Byte offsets of `host:port` in `scheme://user:pass@host:port/path`.
-fn authority_bounds(url: &str) -> (usize, usize) {
-    let scheme_end = url.find("://").map_or(0, |i| i + 3);
-    let path_start = url[scheme_end..]
-        .find('/')
-        .map_or(url.len(), |i| i + scheme_end);
-    let host_start = url[scheme_end..path_start]
-        .rfind('@')
-        .map_or(scheme_end, |i| i + scheme_end + 1);
-    (host_start, path_start)
 }

@@ -65,6 +65,24 @@ impl TcpProxy {
         })
     }
 
+    /// Starts a proxy in front of the server of a URL such as `amqp://u:p@host:5672/%2f` or
+    /// `postgres://u@host:5432/db`; returns it and the same URL pointing through it.
+    pub async fn for_url(url: &str) -> anyhow::Result<(TcpProxy, String)> {
+        let (host_start, path_start) = authority_bounds(url);
+        let host_port = &url[host_start..path_start];
+        let target = std::net::ToSocketAddrs::to_socket_addrs(host_port)?
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| anyhow::anyhow!("{host_port:?} has no IPv4 address"))?;
+        let proxy = TcpProxy::start(target).await?;
+        let through = format!(
+            "{}127.0.0.1:{}{}",
+            &url[..host_start],
+            proxy.port(),
+            &url[path_start..]
+        );
+        Ok((proxy, through))
+    }
+
     /// The proxy's listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -431,5 +449,35 @@ mod tests {
             .await
             .expect("closed");
         assert!(matches!(read, Ok(0)) || read.is_err(), "got {read:?}");
+    }
+}
+
+/// Byte offsets of `host:port` in `scheme://user:pass@host:port/path`.
+fn authority_bounds(url: &str) -> (usize, usize) {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let path_start = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| i + scheme_end);
+    let host_start = url[scheme_end..path_start]
+        .rfind('@')
+        .map_or(scheme_end, |i| i + scheme_end + 1);
+    (host_start, path_start)
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::authority_bounds;
+
+    #[test]
+    fn the_authority_is_found_with_or_without_credentials_and_path() {
+        let url = "postgres://postgres@127.0.0.1:5432/db";
+        let (a, b) = authority_bounds(url);
+        assert_eq!(&url[a..b], "127.0.0.1:5432");
+        let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        let (a, b) = authority_bounds(url);
+        assert_eq!(&url[a..b], "127.0.0.1:5672");
+        let url = "amqp://h:1";
+        let (a, b) = authority_bounds(url);
+        assert_eq!(&url[a..b], "h:1");
     }
 }

@@ -8,7 +8,6 @@ use mailtrail_shared::tracking::TrackingEvent;
 use mailtrail_test_support::{TcpProxy, TestBroker, amqp_url, eventually, http_post, try_http_get};
 use mailtrail_webhook_sink::verify::standard::SigningKey;
 use mailtrail_webhook_sink::{SinkApp, SinkConfig};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -192,21 +191,7 @@ async fn verified_events_are_queued_before_the_answer_and_forgeries_are_refused(
 async fn without_the_broker_requests_get_503_and_it_recovers() {
     mailtrail_test_support::init_tracing();
     let broker = TestBroker::new();
-    let url = amqp_url();
-    let target: SocketAddr = "127.0.0.1:5672"
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .expect("address");
-    let port = url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(5672);
-    let proxy = TcpProxy::start(SocketAddr::new(target.ip(), port))
-        .await
-        .expect("proxy");
-    let through = url.replacen(&format!(":{port}"), &format!(":{}", proxy.port()), 1);
+    let (proxy, through) = TcpProxy::for_url(&amqp_url()).await.expect("proxy");
     let sink = start(&broker, through).await;
     let email = Uuid::new_v4();
     let body = event_body(email, "delivered");

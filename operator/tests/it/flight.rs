@@ -7,7 +7,6 @@ use mailtrail_shared::topology::Queue;
 use mailtrail_smtp_capture::{Mode, SmtpCapture};
 use mailtrail_test_support::{ServiceProcess, TcpProxy, eventually, free_port, target_bin};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 fn operator(world: &World) -> ServiceProcess {
@@ -258,20 +257,9 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
 async fn cutting_the_dispatchers_broker_connection_loses_nothing_and_sends_nothing_twice() {
     let world = World::new().await;
     let smtp = SmtpCapture::start().await.expect("smtp server");
-    let url = mailtrail_test_support::amqp_url();
-    let target: SocketAddr = "127.0.0.1:5672"
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .expect("address");
-    let port = url
-        .rsplit_once(':')
-        .and_then(|(_, rest)| rest.split('/').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or(5672);
-    let target = SocketAddr::new(target.ip(), port);
-    let proxy = TcpProxy::start(target).await.expect("proxy");
-    let through = url.replacen(&format!(":{port}"), &format!(":{}", proxy.port()), 1);
+    let (proxy, through) = TcpProxy::for_url(&mailtrail_test_support::amqp_url())
+        .await
+        .expect("proxy");
     let _operator = operator(&world);
     let _dispatcher = dispatcher(&world, &smtp, Some(through));
     let total = 400usize;

@@ -8,7 +8,6 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use mailtrail_shared::topology::Queue;
 use mailtrail_test_support::{TcpProxy, eventually};
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 const REQUESTS: usize = 200;
@@ -21,33 +20,9 @@ enum Fault {
     BlackholeDatabase,
 }
 
-/// Splits `scheme://user@host:port/rest` into (`scheme://user@`, `host:port`, `/rest`).
-fn split_authority(url: &str) -> (String, String, String) {
-    let scheme_end = url.find("://").map(|i| i + 3).unwrap_or(0);
-    let path_start = url[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(url.len());
-    let authority = &url[scheme_end..path_start];
-    let host_start = authority.rfind('@').map(|i| i + 1).unwrap_or(0) + scheme_end;
-    (
-        url[..host_start].to_owned(),
-        url[host_start..path_start].to_owned(),
-        url[path_start..].to_owned(),
-    )
-}
-
 /// Starts a proxy in front of the server of `url`; returns it and the URL through it.
 async fn proxy_for(url: &str) -> (TcpProxy, String) {
-    let (before, host_port, after) = split_authority(url);
-    let target: SocketAddr = host_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.find(SocketAddr::is_ipv4))
-        .expect("a resolvable server address");
-    let proxy = TcpProxy::start(target).await.expect("proxy");
-    let through = format!("{before}127.0.0.1:{}{after}", proxy.port());
-    (proxy, through)
+    TcpProxy::for_url(url).await.expect("proxy")
 }
 
 async fn queued(world: &World) -> i64 {
@@ -179,20 +154,4 @@ async fn broker_connection_black_holed_mid_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn database_connection_black_holed_mid_run() {
     run_with_fault(Fault::BlackholeDatabase).await;
-}
-
-#[test]
-fn authority_split() {
-    assert_eq!(
-        split_authority("postgres://postgres@127.0.0.1:5432/db"),
-        (
-            "postgres://postgres@".to_owned(),
-            "127.0.0.1:5432".to_owned(),
-            "/db".to_owned()
-        )
-    );
-    assert_eq!(
-        split_authority("amqp://guest:guest@127.0.0.1:5672/%2f").1,
-        "127.0.0.1:5672"
-    );
 }
