@@ -30,6 +30,20 @@ pub async fn record_events(
     conn: &mut AsyncPgConnection,
     events: Vec<NewEvent>,
 ) -> diesel::QueryResult<usize> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    // Lock every email row this call touches, in id order, before changing any: the intake,
+    // the relay and the tracking consumer record events concurrently, and rows locked in
+    // different orders by two transactions deadlock (PostgreSQL then aborts one, which for the
+    // relay means republishing jobs it has already handed over).
+    let mut email_ids: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
+    email_ids.sort_unstable();
+    email_ids.dedup();
+    diesel::sql_query("SELECT id FROM emails WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<Array<SqlUuid>, _>(email_ids)
+        .execute(conn)
+        .await?;
     let mut recorded = 0;
     // An UPDATE … FROM bumps each email once per statement, so an email with several events in
     // this call is handled over several rounds, in the order given.
