@@ -92,12 +92,6 @@ impl JobMemory {
         let _ = slot.sender.send(Some(outcome));
     }
 
-    /// Forgets an attempt that ended without an outcome (the process is stopping), so a
-    /// redelivery sends it.
-    pub fn abandon(&self, slot: Slot) {
-        self.lock().entries.remove(&slot.key);
-    }
-
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The paths that answer without an API key. Everything else needs one.
-pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz"];
+pub const PUBLIC_PATHS: &[&str] = mailtrail_runtime::HEALTH_PATHS;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

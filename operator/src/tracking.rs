@@ -13,7 +13,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use mailtrail_broker::{Incoming, OutgoingMessage, Publisher, SetAside};
 use mailtrail_shared::topology::Topology;
 use mailtrail_shared::tracking::TrackingEvent;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -80,7 +80,7 @@ impl Tracker {
                         .iter()
                         .filter_map(|d| d.as_ref().ok().map(|e| e.event_id))
                         .collect();
-                    let known: std::collections::HashSet<Uuid> = crate::schema::events::table
+                    let known: HashSet<Uuid> = crate::schema::events::table
                         .filter(crate::schema::events::event_id.eq_any(&event_ids))
                         .select(crate::schema::events::event_id)
                         .load::<Uuid>(conn)
@@ -89,6 +89,7 @@ impl Tracker {
                         .collect();
                     let mut outcomes = Vec::with_capacity(batch.len());
                     let mut events = Vec::new();
+                    let mut in_batch: HashSet<Uuid> = HashSet::new();
                     for (message, decoded) in batch.iter().zip(&decoded) {
                         let event = match decoded {
                             Ok(event) => event,
@@ -125,11 +126,7 @@ impl Tracker {
                             });
                             continue;
                         }
-                        if known.contains(&event.event_id)
-                            || events
-                                .iter()
-                                .any(|e: &NewEvent| e.event_id == event.event_id)
-                        {
+                        if known.contains(&event.event_id) || !in_batch.insert(event.event_id) {
                             outcomes.push(TrackingOutcome::Duplicate {
                                 email_id: event.email_id,
                             });

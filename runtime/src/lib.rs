@@ -12,6 +12,6 @@ mod supervise;
 pub use backoff::Backoff;
 pub use broker_session::{BrokerArgs, bind_http};
 pub use health::{HEALTH_PATHS, Readiness, health_routes, serve_health};
-pub use logging::init_tracing;
+pub use logging::{ProcessArgs, init_tracing};
 pub use signals::stop_on_signal;
 pub use supervise::{run_with_drain_deadline, supervise};

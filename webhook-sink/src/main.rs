@@ -1,5 +1,5 @@
 use clap::Parser;
-use mailtrail_runtime::{init_tracing, run_with_drain_deadline, stop_on_signal};
+use mailtrail_runtime::{ProcessArgs, init_tracing, run_with_drain_deadline, stop_on_signal};
 use mailtrail_webhook_sink::{SinkApp, SinkConfig};
 
 /// mailtrail webhook sink: verifies provider webhooks and publishes their events to the operator.
@@ -10,21 +10,20 @@ use mailtrail_webhook_sink::{SinkApp, SinkConfig};
 struct Cli {
     #[command(flatten)]
     config: SinkConfig,
-    /// Log format: text or json.
-    #[arg(long, env = "MAILTRAIL_LOG_FORMAT", default_value = "text")]
-    log_format: String,
-    /// How long a shutdown waits for requests in hand, in milliseconds.
-    #[arg(long, env = "MAILTRAIL_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
-    drain_timeout_ms: u64,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    init_tracing(&cli.process.log_format);
     let stop = stop_on_signal();
     let app = SinkApp::build(cli.config)?;
-    let drain = std::time::Duration::from_millis(cli.drain_timeout_ms);
-    let stopped = stop.clone();
-    run_with_drain_deadline(&stopped, drain, app.run_until_stopped(stop)).await
+    run_with_drain_deadline(
+        &stop.clone(),
+        cli.process.drain_timeout(),
+        app.run_until_stopped(stop),
+    )
+    .await
 }

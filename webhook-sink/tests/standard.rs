@@ -63,6 +63,17 @@ async fn post(port: u16, headers: &[(String, String)], body: &[u8]) -> (u16, ser
     (status, json)
 }
 
+/// Posts `body` signed with `secret` as webhook `id` at `timestamp`.
+async fn post_signed(
+    port: u16,
+    secret: &str,
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    post(port, &signed_headers(secret, id, timestamp, body), body).await
+}
+
 async fn take_all(broker: &TestBroker, queue: Queue) -> Vec<Vec<u8>> {
     let connection = broker.connect().await;
     let channel = connection.create_channel().await.expect("channel");
@@ -133,12 +144,7 @@ async fn verified_events_are_queued_before_the_answer_and_forgeries_are_refused(
 
     // The newer key works too (rotation).
     let one = event_body(email, "clicked");
-    let (status, _) = post(
-        sink.port,
-        &signed_headers(ACME_NEW, "msg_2", now, one.as_bytes()),
-        one.as_bytes(),
-    )
-    .await;
+    let (status, _) = post_signed(sink.port, ACME_NEW, "msg_2", now, one.as_bytes()).await;
     assert_eq!(status, 200);
 
     // Refusals: tampered body, unknown key, missing signature, stale timestamp, over-size body.
@@ -151,30 +157,15 @@ async fn verified_events_are_queued_before_the_answer_and_forgeries_are_refused(
     .await;
     assert_eq!(status, 401, "{problem}");
     let unknown = "whsec_dGhpcyBrZXkgaXMgbm90IGNvbmZpZ3VyZWQ=";
-    let (status, _) = post(
-        sink.port,
-        &signed_headers(unknown, "msg_4", now, one.as_bytes()),
-        one.as_bytes(),
-    )
-    .await;
+    let (status, _) = post_signed(sink.port, unknown, "msg_4", now, one.as_bytes()).await;
     assert_eq!(status, 401);
     tampered.retain(|(k, _)| k != "webhook-signature");
     let (status, _) = post(sink.port, &tampered, one.as_bytes()).await;
     assert_eq!(status, 401);
-    let (status, _) = post(
-        sink.port,
-        &signed_headers(ACME_OLD, "msg_5", now - 3600, one.as_bytes()),
-        one.as_bytes(),
-    )
-    .await;
+    let (status, _) = post_signed(sink.port, ACME_OLD, "msg_5", now - 3600, one.as_bytes()).await;
     assert_eq!(status, 401);
     let huge = format!("[{}]", vec![one.clone(); 40].join(","));
-    let (status, _) = post(
-        sink.port,
-        &signed_headers(ACME_OLD, "msg_6", now, huge.as_bytes()),
-        huge.as_bytes(),
-    )
-    .await;
+    let (status, _) = post_signed(sink.port, ACME_OLD, "msg_6", now, huge.as_bytes()).await;
     assert_eq!(status, 413);
     // Nothing refused reached the tracking queue.
     assert_eq!(
@@ -200,12 +191,7 @@ async fn without_the_broker_requests_get_503_and_it_recovers() {
     proxy.cut();
     eventually("the sink notices", Duration::from_secs(20), || async {
         let now = chrono::Utc::now().timestamp();
-        let (status, _) = post(
-            sink.port,
-            &signed_headers(ACME_OLD, "msg_down", now, body.as_bytes()),
-            body.as_bytes(),
-        )
-        .await;
+        let (status, _) = post_signed(sink.port, ACME_OLD, "msg_down", now, body.as_bytes()).await;
         (status == 503).then_some(())
     })
     .await;
@@ -217,12 +203,8 @@ async fn without_the_broker_requests_get_503_and_it_recovers() {
         Duration::from_secs(20),
         || async {
             let now = chrono::Utc::now().timestamp();
-            let (status, _) = post(
-                sink.port,
-                &signed_headers(ACME_OLD, "msg_down", now, body.as_bytes()),
-                body.as_bytes(),
-            )
-            .await;
+            let (status, _) =
+                post_signed(sink.port, ACME_OLD, "msg_down", now, body.as_bytes()).await;
             (status == 200).then_some(())
         },
     )

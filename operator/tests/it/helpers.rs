@@ -1,5 +1,4 @@
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use mailtrail_broker::{Incoming, Publisher, declare_topology, header_string};
 use mailtrail_operator::db::{DbPool, build_pool};
@@ -201,15 +200,6 @@ pub fn reason_of(message: &lapin::message::BasicGetMessage) -> Option<String> {
         &message.delivery.properties,
         mailtrail_shared::headers::REASON,
     )
-}
-
-#[allow(dead_code)]
-pub fn header_table(pairs: &[(&str, &str)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (k, v) in pairs {
-        table.insert((*k).into(), AMQPValue::LongString((*v).into()));
-    }
-    table
 }
 
 pub use mailtrail_test_support::http_get;
