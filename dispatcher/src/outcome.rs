@@ -64,7 +64,7 @@ impl Outcome {
         TrackingEvent {
             version: TRACKING_EVENT_VERSION,
             event_id: ids::dispatch_outcome_event_id(job.job_id, job.attempt, event_type.as_str()),
-            email_id: job.email_id,
+            email_id: Some(job.email_id),
             tenant: job.tenant.clone(),
             event_type,
             occurred_at: at,

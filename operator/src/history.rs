@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, Int2, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use mailtrail_shared::history::EventType;
+use mailtrail_shared::tracking::{TrackingEvent, normalize_provider_message_id};
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -22,6 +23,31 @@ pub struct NewEvent {
     pub provider_event_id: Option<String>,
     pub provider_message_id: Option<String>,
     pub details: serde_json::Value,
+}
+
+impl NewEvent {
+    /// A reported tracking event, recorded for `email_id`; the provider's message id is stored
+    /// in the form webhooks are matched against.
+    pub fn reported(event: &TrackingEvent, email_id: Uuid) -> NewEvent {
+        NewEvent {
+            event_id: event.event_id,
+            email_id,
+            event_type: event.event_type,
+            occurred_at: event.occurred_at,
+            source: event.source.clone(),
+            provider: event.provider.clone(),
+            provider_event_id: event.provider_event_id.clone(),
+            provider_message_id: normalized_message_id(event),
+            details: event.details.clone(),
+        }
+    }
+}
+
+/// The event's provider message id in its stored form.
+pub fn normalized_message_id(event: &TrackingEvent) -> Option<String> {
+    let id = event.provider_message_id.as_deref()?;
+    let provider = event.provider.as_deref().unwrap_or_default();
+    Some(normalize_provider_message_id(provider, id))
 }
 
 /// Records events (skipping ids already recorded) and moves each email's summary. Returns how
@@ -116,9 +142,23 @@ async fn record_round(
                    status = CASE WHEN incoming.precedence > m.status_precedence
                                  THEN incoming.event_type ELSE m.status END,
                    status_precedence = GREATEST(m.status_precedence, incoming.precedence),
-                   provider = COALESCE(incoming.provider, m.provider),
-                   provider_message_id = COALESCE(incoming.provider_message_id,
-                                                  m.provider_message_id),
+                   -- The provider that took the email, as its `dispatched` event says; later
+                   -- webhooks are matched against it.
+                   provider = CASE WHEN incoming.event_type = 'dispatched'
+                                   THEN COALESCE(incoming.provider, m.provider)
+                                   ELSE m.provider END,
+                   provider_message_id = CASE WHEN incoming.event_type = 'dispatched'
+                                              THEN incoming.provider_message_id
+                                              ELSE m.provider_message_id END,
+                   -- Counters and first times: sums and minimums, so arrival order is moot.
+                   open_count = m.open_count + (incoming.event_type = 'opened')::int,
+                   click_count = m.click_count + (incoming.event_type = 'clicked')::int,
+                   first_opened_at = CASE WHEN incoming.event_type = 'opened'
+                                          THEN LEAST(m.first_opened_at, incoming.occurred_at)
+                                          ELSE m.first_opened_at END,
+                   first_clicked_at = CASE WHEN incoming.event_type = 'clicked'
+                                           THEN LEAST(m.first_clicked_at, incoming.occurred_at)
+                                           ELSE m.first_clicked_at END,
                    updated_at = now()
               FROM incoming
              WHERE m.id = incoming.email_id

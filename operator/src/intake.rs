@@ -329,7 +329,10 @@ impl Intake {
                 .execute(conn)
                 .await?;
         }
+        let new_email_ids: Vec<Uuid> = accepted_events.iter().map(|e| e.email_id).collect();
         record_events(conn, accepted_events).await?;
+        // Reports that named one of these emails before it existed.
+        crate::pending::attach(conn, &new_email_ids).await?;
         for chunk in new_jobs.chunks(1000) {
             diesel::insert_into(outbox::table)
                 .values(chunk)

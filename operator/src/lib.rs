@@ -17,6 +17,7 @@ pub mod history;
 pub mod http;
 pub mod intake;
 pub mod keys;
+pub mod pending;
 pub mod relay;
 pub mod schema;
 pub mod tracking;

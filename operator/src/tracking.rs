@@ -5,7 +5,8 @@
 
 use crate::db::{DbPool, with_deadline};
 use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
-use crate::history::{NewEvent, record_events};
+use crate::history::{NewEvent, normalized_message_id, record_events};
+use crate::pending;
 use crate::schema::emails;
 use anyhow::Context;
 use diesel::prelude::*;
@@ -25,6 +26,8 @@ pub enum TrackingOutcome {
     Recorded { email_id: Uuid },
     /// Already recorded (a republished event): nothing changed.
     Duplicate { email_id: Uuid },
+    /// Its email is not known yet: kept until it is (see `pending`).
+    Pending { event_id: Uuid },
     /// Set aside with this reason.
     SetAside { reason: String, detail: String },
 }
@@ -64,18 +67,7 @@ impl Tracker {
                 .context("no database connection for the tracking consumer")?;
             let outcomes = conn
                 .transaction::<_, anyhow::Error, _>(async |conn| {
-                    // Which emails exist, and whose they are.
-                    let ids: Vec<Uuid> = decoded
-                        .iter()
-                        .filter_map(|d| d.as_ref().ok().map(|e| e.email_id))
-                        .collect();
-                    let owners: HashMap<Uuid, String> = emails::table
-                        .filter(emails::id.eq_any(&ids))
-                        .select((emails::id, emails::tenant))
-                        .load::<(Uuid, String)>(conn)
-                        .await?
-                        .into_iter()
-                        .collect();
+                    let found = resolve(conn, &decoded).await?;
                     let event_ids: Vec<Uuid> = decoded
                         .iter()
                         .filter_map(|d| d.as_ref().ok().map(|e| e.event_id))
@@ -103,51 +95,63 @@ impl Tracker {
                                 continue;
                             }
                         };
-                        let refusal = match owners.get(&event.email_id) {
-                            None => Some((
-                                "unknown_email",
-                                format!("no email {} is recorded", event.email_id),
-                            )),
-                            Some(tenant) if !event.may_speak_for(tenant) => Some((
-                                "tenant_mismatch",
+                        let verdict = match found.email_of(event) {
+                            Match::None => {
+                                let message_id = normalized_message_id(event);
+                                pending::keep(conn, event, message_id.as_deref()).await?;
+                                outcomes.push(TrackingOutcome::Pending {
+                                    event_id: event.event_id,
+                                });
+                                continue;
+                            }
+                            Match::Ambiguous(count) => Err((
+                                "ambiguous_message_id",
                                 format!(
-                                    "email {} belongs to another tenant than {:?}",
-                                    event.email_id, event.tenant
+                                    "{count} emails carry provider message id {:?}",
+                                    event.provider_message_id.as_deref().unwrap_or_default()
                                 ),
                             )),
-                            Some(_) => None,
+                            Match::Email(_, tenant) if !event.may_speak_for(tenant) => Err((
+                                "tenant_mismatch",
+                                format!(
+                                    "the email belongs to another tenant than {:?}",
+                                    event.tenant
+                                ),
+                            )),
+                            Match::Email(id, _) => Ok(id),
                         };
-                        if let Some((reason, detail)) = refusal {
-                            self.record_set_aside(conn, message, reason, &detail, Some(event))
-                                .await?;
-                            outcomes.push(TrackingOutcome::SetAside {
-                                reason: reason.to_owned(),
-                                detail,
-                            });
-                            continue;
-                        }
+                        let email_id = match verdict {
+                            Ok(id) => id,
+                            Err((reason, detail)) => {
+                                self.record_set_aside(conn, message, reason, &detail, Some(event))
+                                    .await?;
+                                outcomes.push(TrackingOutcome::SetAside {
+                                    reason: reason.to_owned(),
+                                    detail,
+                                });
+                                continue;
+                            }
+                        };
                         if known.contains(&event.event_id) || !in_batch.insert(event.event_id) {
-                            outcomes.push(TrackingOutcome::Duplicate {
-                                email_id: event.email_id,
-                            });
+                            outcomes.push(TrackingOutcome::Duplicate { email_id });
                             continue;
                         }
-                        events.push(NewEvent {
-                            event_id: event.event_id,
-                            email_id: event.email_id,
-                            event_type: event.event_type,
-                            occurred_at: event.occurred_at,
-                            source: event.source.clone(),
-                            provider: event.provider.clone(),
-                            provider_event_id: event.provider_event_id.clone(),
-                            provider_message_id: event.provider_message_id.clone(),
-                            details: event.details.clone(),
-                        });
-                        outcomes.push(TrackingOutcome::Recorded {
-                            email_id: event.email_id,
-                        });
+                        events.push(NewEvent::reported(event, email_id));
+                        outcomes.push(TrackingOutcome::Recorded { email_id });
                     }
+                    let mut touched: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
+                    touched.sort_unstable();
+                    touched.dedup();
                     record_events(conn, events).await?;
+                    // Events that waited for these emails (a webhook that outran `dispatched`).
+                    let attached = pending::attach(conn, &touched).await?;
+                    if attached != Default::default() {
+                        tracing::info!(
+                            recorded = attached.recorded,
+                            set_aside = attached.set_aside,
+                            "waiting webhook events attached to their emails"
+                        );
+                    }
                     Ok(outcomes)
                 })
                 .await?;
@@ -180,6 +184,9 @@ impl Tracker {
                 TrackingOutcome::Duplicate { email_id } => {
                     tracing::debug!(%email_id, "duplicate tracking event")
                 }
+                TrackingOutcome::Pending { event_id } => {
+                    tracing::info!(%event_id, "tracking event waits for its email")
+                }
             }
         }
         Ok(outcomes)
@@ -200,7 +207,7 @@ impl Tracker {
             DeadLetterOwner {
                 tenant: event.map(|e| e.tenant.clone()),
                 request_key: None,
-                email_id: event.map(|e| e.email_id),
+                email_id: event.and_then(|e| e.email_id),
             },
         )
         .await?;
@@ -224,4 +231,102 @@ fn decode(message: &Incoming) -> Result<TrackingEvent, (String, String)> {
         .validate()
         .map_err(|detail| ("invalid_event".to_owned(), detail))?;
     Ok(event)
+}
+
+/// Which email an event belongs to.
+enum Match<'a> {
+    Email(Uuid, &'a str),
+    /// Not known (yet).
+    None,
+    /// Several emails carry the provider message id and the recipient does not settle it.
+    Ambiguous(usize),
+}
+
+/// An email a provider message id points at: (id, tenant, canonical recipient).
+type Candidate = (Uuid, String, String);
+
+/// The emails a batch's events name, by our id or by the provider's message id.
+struct Found {
+    by_id: HashMap<Uuid, String>,
+    /// (provider, normalized message id) → (email id, tenant, canonical recipient).
+    by_message_id: HashMap<(String, String), Vec<Candidate>>,
+}
+
+impl Found {
+    fn email_of(&self, event: &TrackingEvent) -> Match<'_> {
+        if let Some(id) = event.email_id {
+            return match self.by_id.get(&id) {
+                Some(tenant) => Match::Email(id, tenant),
+                None => Match::None,
+            };
+        }
+        let (Some(provider), Some(message_id)) = (&event.provider, normalized_message_id(event))
+        else {
+            return Match::None;
+        };
+        let Some(candidates) = self.by_message_id.get(&(provider.clone(), message_id)) else {
+            return Match::None;
+        };
+        if let [(id, tenant, _)] = candidates.as_slice() {
+            return Match::Email(*id, tenant);
+        }
+        // One provider message to several recipients: the event's recipient decides.
+        let recipient = event
+            .details
+            .get("recipient")
+            .and_then(|r| r.as_str())
+            .map(|r| r.trim().to_lowercase());
+        let mut matching = candidates
+            .iter()
+            .filter(|(_, _, canonical)| Some(canonical.to_lowercase()) == recipient);
+        match (matching.next(), matching.next()) {
+            (Some((id, tenant, _)), None) => Match::Email(*id, tenant),
+            _ => Match::Ambiguous(candidates.len()),
+        }
+    }
+}
+
+async fn resolve(
+    conn: &mut diesel_async::AsyncPgConnection,
+    decoded: &[Result<TrackingEvent, (String, String)>],
+) -> anyhow::Result<Found> {
+    let events = || decoded.iter().filter_map(|d| d.as_ref().ok());
+    let ids: Vec<Uuid> = events().filter_map(|e| e.email_id).collect();
+    let by_id: HashMap<Uuid, String> = emails::table
+        .filter(emails::id.eq_any(&ids))
+        .select((emails::id, emails::tenant))
+        .load::<(Uuid, String)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let unnamed = || events().filter(|e| e.email_id.is_none());
+    let message_ids: Vec<String> = unnamed().filter_map(normalized_message_id).collect();
+    let providers: Vec<String> = unnamed().filter_map(|e| e.provider.clone()).collect();
+    let mut by_message_id: HashMap<(String, String), Vec<Candidate>> = HashMap::new();
+    if !message_ids.is_empty() {
+        let rows = emails::table
+            .filter(emails::provider.eq_any(&providers))
+            .filter(emails::provider_message_id.eq_any(&message_ids))
+            .select((
+                emails::id,
+                emails::tenant,
+                emails::recipient_canonical,
+                emails::provider,
+                emails::provider_message_id,
+            ))
+            .load::<(Uuid, String, String, Option<String>, Option<String>)>(conn)
+            .await?;
+        for (id, tenant, canonical, provider, message_id) in rows {
+            if let (Some(provider), Some(message_id)) = (provider, message_id) {
+                by_message_id
+                    .entry((provider, message_id))
+                    .or_default()
+                    .push((id, tenant, canonical));
+            }
+        }
+    }
+    Ok(Found {
+        by_id,
+        by_message_id,
+    })
 }

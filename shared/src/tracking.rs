@@ -35,7 +35,10 @@ pub struct TrackingEvent {
     pub version: u32,
     /// De-duplication key: the same event republished carries the same id.
     pub event_id: Uuid,
-    pub email_id: Uuid,
+    /// Our email id (`mailtrail_id`), when the reporter knows it. Without it the operator
+    /// resolves the email from `provider` and `provider_message_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_id: Option<Uuid>,
     /// The tenant the reporter speaks for: the email's tenant (dispatcher), or the tenant of the
     /// webhook credential that verified the report, or [`ANY_TENANT`]. The operator records the
     /// event only if the email belongs to it.
@@ -82,7 +85,30 @@ impl TrackingEvent {
         if self.source.is_empty() || self.source.len() > 64 {
             return Err("source must be 1 to 64 characters".into());
         }
+        if self.email_id.is_none()
+            && (self.provider.is_none() || self.provider_message_id.is_none())
+        {
+            return Err(
+                "an event without email_id must name its provider and provider_message_id".into(),
+            );
+        }
         Ok(())
+    }
+}
+
+/// The form of a provider's message id under which it is stored and looked up, so the id the
+/// send API returned and the one a webhook carries meet: Mailgun's API answers `<id@host>`
+/// while its webhooks carry `id@host`; SendGrid's per-recipient `sg_message_id` is the
+/// request's `X-Message-Id` followed by `.` and a suffix.
+pub fn normalize_provider_message_id(provider: &str, id: &str) -> String {
+    let id = id.trim();
+    let id = id
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+        .unwrap_or(id);
+    match provider {
+        "sendgrid" => id.split('.').next().unwrap_or(id).to_owned(),
+        _ => id.to_owned(),
     }
 }
 
@@ -94,7 +120,7 @@ mod tests {
         TrackingEvent {
             version: 1,
             event_id: Uuid::from_u128(1),
-            email_id: Uuid::from_u128(2),
+            email_id: Some(Uuid::from_u128(2)),
             tenant: "acme".into(),
             event_type,
             occurred_at: Utc::now(),
@@ -120,5 +146,43 @@ mod tests {
         assert!(event(EventType::Queued).validate().is_err());
         let extra = json.replacen('{', r#"{"surprise":1,"#, 1);
         assert!(serde_json::from_str::<TrackingEvent>(&extra).is_err());
+        // Without our id, the provider's message id must say which email it is.
+        let anonymous = TrackingEvent {
+            email_id: None,
+            ..event(EventType::Delivered)
+        };
+        assert!(anonymous.validate().is_err());
+        let resolvable = TrackingEvent {
+            provider_message_id: Some("abc".into()),
+            ..anonymous
+        };
+        assert!(resolvable.validate().is_ok());
+    }
+
+    #[test]
+    fn provider_message_ids_meet_in_one_form() {
+        assert_eq!(
+            normalize_provider_message_id(
+                "mailgun",
+                "<20111114174239.25659.5817@samples.mailgun.org>"
+            ),
+            normalize_provider_message_id(
+                "mailgun",
+                "20111114174239.25659.5817@samples.mailgun.org"
+            )
+        );
+        assert_eq!(
+            normalize_provider_message_id(
+                "sendgrid",
+                "LRzXl_NHStOGhQ4kofSm_A.filterdrecv-p3mdw1-756b745b58-kmzbl-18-5F5FC76C-9.0"
+            ),
+            "LRzXl_NHStOGhQ4kofSm_A"
+        );
+        assert_eq!(
+            normalize_provider_message_id("sendgrid", "LRzXl_NHStOGhQ4kofSm_A"),
+            "LRzXl_NHStOGhQ4kofSm_A"
+        );
+        // Elsewhere dots are part of the id.
+        assert_eq!(normalize_provider_message_id("postmark", "a.b"), "a.b");
     }
 }

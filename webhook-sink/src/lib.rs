@@ -2,12 +2,14 @@
 //! body before parsing it, normalises the events and hands them to the tracking queue with
 //! publisher confirms before answering 2xx. It keeps no database.
 //!
-//! Built so far: the `standard` endpoint (mailtrail's own event schema signed per Standard
-//! Webhooks), and the Mailgun signature check; the other providers follow.
+//! Endpoints: `POST /v1/webhooks/{mailgun,sendgrid,postmark,ses,resend,standard}`.
+//! `verify` checks each provider's signature or credentials; `providers` maps each payload to
+//! mailtrail events; `app` ties them to the broker.
 
 pub mod app;
 pub mod config;
-pub mod standard_events;
+pub mod providers;
+pub mod replay;
 pub mod verify;
 
 pub use app::SinkApp;

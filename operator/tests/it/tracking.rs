@@ -20,7 +20,7 @@ fn event(
     TrackingEvent {
         version: 1,
         event_id: Uuid::new_v4(),
-        email_id,
+        email_id: Some(email_id),
         tenant: tenant.to_owned(),
         event_type,
         occurred_at: Utc::now() + ChronoDuration::seconds(seconds_from_now),
@@ -86,6 +86,7 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
         .map(|o| match o {
             TrackingOutcome::Recorded { .. } => "recorded",
             TrackingOutcome::Duplicate { .. } => "duplicate",
+            TrackingOutcome::Pending { .. } => "pending",
             TrackingOutcome::SetAside { reason, .. } => reason.as_str(),
         })
         .collect();
@@ -95,7 +96,7 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
             "recorded",
             "recorded",
             "duplicate",
-            "unknown_email",
+            "pending",
             "tenant_mismatch",
             "invalid_event",
             "invalid_event",
@@ -145,18 +146,291 @@ async fn reported_events_are_recorded_once_and_bad_reports_are_set_aside() {
             .await,
         5
     );
-    // Four set aside, on the dead-letter queue and in the table.
+    // Three set aside, on the dead-letter queue and in the table; the event for an email not
+    // known waits for it.
     let set_aside = world.drain_queue(Queue::DeadLetter).await;
     let mut reasons: Vec<String> = set_aside.iter().filter_map(reason_of).collect();
     reasons.sort();
     assert_eq!(
         reasons,
-        [
-            "invalid_event",
-            "invalid_event",
-            "tenant_mismatch",
-            "unknown_email"
-        ]
+        ["invalid_event", "invalid_event", "tenant_mismatch",]
     );
-    assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 4);
+    assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 3);
+    assert_eq!(world.count("SELECT count(*) FROM pending_events").await, 1);
+}
+
+async fn tracker(world: &World) -> Tracker {
+    let publisher = mailtrail_broker::Publisher::open(&world.connection)
+        .await
+        .expect("publisher");
+    Tracker::new(
+        world.pool(),
+        publisher,
+        world.config.topology(),
+        Duration::from_secs(5),
+    )
+}
+
+fn webhook(
+    email: Option<Uuid>,
+    tenant: &str,
+    event_type: EventType,
+    message_id: &str,
+) -> TrackingEvent {
+    TrackingEvent {
+        email_id: email,
+        source: "webhook:mailgun".into(),
+        provider: Some("mailgun".into()),
+        provider_message_id: Some(message_id.into()),
+        provider_event_id: Some(Uuid::new_v4().to_string()),
+        details: serde_json::json!({"recipient": "ann@example.com"}),
+        ..event(Uuid::nil(), tenant, event_type, 5)
+    }
+}
+
+fn outcome_name(outcome: &TrackingOutcome) -> &str {
+    match outcome {
+        TrackingOutcome::Recorded { .. } => "recorded",
+        TrackingOutcome::Duplicate { .. } => "duplicate",
+        TrackingOutcome::Pending { .. } => "pending",
+        TrackingOutcome::SetAside { reason, .. } => reason.as_str(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_that_outrun_their_email_wait_for_it_and_are_then_recorded() {
+    let world = World::new().await;
+    let (intake, relay) = world.steps().await;
+    let take_in = |key: &str, to: &str| {
+        incoming(
+            &world,
+            Queue::Mailbox,
+            &format!(
+                r#"{{"id": "{key}", "tenant": "acme", "from": "shop@acme.test", "to": "{to}",
+                    "subject": "S", "text": "T"}}"#
+            ),
+            None,
+        )
+    };
+    intake
+        .handle(&[take_in("w-1", "ann@example.com")])
+        .await
+        .expect("intake");
+    relay.drain().await.expect("relay");
+    let ann = ids::email_id("acme", "w-1", "ann@example.com");
+    let later = ids::email_id("acme", "w-2", "bob@example.com");
+    let tracker = tracker(&world).await;
+    let send = |events: Vec<TrackingEvent>| {
+        let messages: Vec<_> = events
+            .iter()
+            .map(|e| {
+                incoming(
+                    &world,
+                    Queue::Tracking,
+                    &serde_json::to_string(e).expect("json"),
+                    None,
+                )
+            })
+            .collect();
+        let tracker = &tracker;
+        async move {
+            let outcomes = tracker.handle(&messages).await.expect("tracking");
+            outcomes
+                .iter()
+                .map(|o| outcome_name(o).to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // Mailgun's webhook (message id without brackets) before the dispatcher's report; one more
+    // under another tenant's key; an open for an email not yet taken in.
+    let delivered = webhook(
+        None,
+        "acme",
+        EventType::Delivered,
+        "20261202.1@mg.acme.test",
+    );
+    let forged = webhook(
+        None,
+        "globex",
+        EventType::Complained,
+        "20261202.1@mg.acme.test",
+    );
+    let opened = webhook(
+        Some(later),
+        "*",
+        EventType::Opened,
+        "20261202.2@mg.acme.test",
+    );
+    assert_eq!(
+        send(vec![delivered.clone(), forged.clone(), opened.clone()]).await,
+        ["pending", "pending", "pending"]
+    );
+    // Repeats wait once.
+    assert_eq!(send(vec![delivered.clone()]).await, ["pending"]);
+    assert_eq!(world.count("SELECT count(*) FROM pending_events").await, 3);
+
+    // The dispatcher's report carries the id as Mailgun's API answered it, in brackets.
+    let mut dispatched = event(ann, "acme", EventType::Dispatched, 1);
+    dispatched.provider = Some("mailgun".into());
+    dispatched.provider_message_id = Some("<20261202.1@mg.acme.test>".into());
+    assert_eq!(send(vec![dispatched]).await, ["recorded"]);
+    let timeline = world
+        .query(&format!(
+            "SELECT string_agg(event_type, ',' ORDER BY occurred_at, lifecycle_rank, seq), \
+                    (SELECT status FROM emails WHERE id = '{ann}')
+               FROM events WHERE email_id = '{ann}'"
+        ))
+        .await;
+    assert_eq!(
+        timeline[0].get::<_, String>(0),
+        "accepted,queued,dispatched,delivered"
+    );
+    assert_eq!(timeline[0].get::<_, String>(1), "delivered");
+    // The other tenant's report was set aside, not recorded.
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM dead_letters WHERE reason = 'tenant_mismatch'")
+            .await,
+        1
+    );
+    // A later repeat of the delivered webhook, now resolvable, is a duplicate.
+    assert_eq!(send(vec![delivered]).await, ["duplicate"]);
+
+    // The open waits until its email is taken in.
+    assert_eq!(world.count("SELECT count(*) FROM pending_events").await, 1);
+    intake
+        .handle(&[take_in("w-2", "bob@example.com")])
+        .await
+        .expect("intake");
+    assert_eq!(world.count("SELECT count(*) FROM pending_events").await, 0);
+    let bob = world
+        .query(&format!(
+            "SELECT open_count, first_opened_at IS NOT NULL FROM emails WHERE id = '{later}'"
+        ))
+        .await;
+    assert_eq!(bob[0].get::<_, i32>(0), 1);
+    assert!(bob[0].get::<_, bool>(1));
+
+    // An event nobody claims is set aside once its waiting time is over.
+    let stray = webhook(None, "acme", EventType::Bounced, "never-dispatched@mg");
+    assert_eq!(send(vec![stray]).await, ["pending"]);
+    let mut conn = world.pool().get().await.expect("connection");
+    assert_eq!(
+        mailtrail_operator::pending::expire(&mut conn, 1)
+            .await
+            .expect("expire"),
+        0,
+        "it has not waited an hour"
+    );
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("UPDATE pending_events SET received_at = now() - interval '2 hours'"),
+        &mut conn,
+    )
+    .await
+    .expect("age it");
+    assert_eq!(
+        mailtrail_operator::pending::expire(&mut conn, 1)
+            .await
+            .expect("expire"),
+        1
+    );
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM dead_letters WHERE reason = 'unknown_email'")
+            .await,
+        1
+    );
+}
+
+/// The summary (status, open and click counts, first times) of an email is the same whatever
+/// order its events arrive in, one per batch or all in one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_summary_does_not_depend_on_arrival_order() {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let world = World::new().await;
+    let (intake, relay) = world.steps().await;
+    let tracker = tracker(&world).await;
+    let types = [
+        (EventType::Dispatched, 0),
+        (EventType::Deferred, -5),
+        (EventType::Delivered, 10),
+        (EventType::Opened, 40),
+        (EventType::Opened, 20),
+        (EventType::Opened, 30),
+        (EventType::Clicked, 50),
+        (EventType::Clicked, 45),
+        (EventType::Complained, 60),
+        (EventType::Unsubscribed, 70),
+    ];
+    let base = Utc::now();
+    let seed: u64 = rand::random();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut summaries = Vec::new();
+    for round in 0..16 {
+        let key = format!("order-{round}");
+        intake
+            .handle(&[incoming(
+                &world,
+                Queue::Mailbox,
+                &format!(
+                    r#"{{"id": "{key}", "tenant": "acme", "from": "shop@acme.test",
+                        "to": "ann@example.com", "subject": "S", "text": "T"}}"#
+                ),
+                None,
+            )])
+            .await
+            .expect("intake");
+        relay.drain().await.expect("relay");
+        let email = ids::email_id("acme", &key, "ann@example.com");
+        let mut events: Vec<TrackingEvent> = types
+            .iter()
+            .map(|(t, seconds)| TrackingEvent {
+                occurred_at: base + ChronoDuration::seconds(*seconds),
+                ..event(email, "acme", *t, 0)
+            })
+            .collect();
+        events.shuffle(&mut rng);
+        let messages: Vec<_> = events
+            .iter()
+            .map(|e| {
+                incoming(
+                    &world,
+                    Queue::Tracking,
+                    &serde_json::to_string(e).expect("json"),
+                    None,
+                )
+            })
+            .collect();
+        if round % 2 == 0 {
+            for message in &messages {
+                tracker
+                    .handle(std::slice::from_ref(message))
+                    .await
+                    .expect("tracking");
+            }
+        } else {
+            tracker.handle(&messages).await.expect("tracking");
+        }
+        let row = world
+            .query(&format!(
+                "SELECT status, open_count, click_count,
+                        extract(epoch FROM first_opened_at - '{base}'::timestamptz)::int,
+                        extract(epoch FROM first_clicked_at - '{base}'::timestamptz)::int
+                   FROM emails WHERE id = '{email}'"
+            ))
+            .await;
+        summaries.push((
+            row[0].get::<_, String>(0),
+            row[0].get::<_, i32>(1),
+            row[0].get::<_, i32>(2),
+            row[0].get::<_, i32>(3),
+            row[0].get::<_, i32>(4),
+        ));
+    }
+    let expected = ("complained".to_owned(), 3, 2, 20, 45);
+    for (round, summary) in summaries.iter().enumerate() {
+        assert_eq!(summary, &expected, "ordering {round} (seed {seed})");
+    }
 }

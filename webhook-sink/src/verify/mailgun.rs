@@ -1,7 +1,7 @@
 //! Mailgun: HMAC-SHA256 with the account's webhook signing key (its bytes as given) over
 //! `timestamp` followed by `token`, as lowercase hex in `signature.signature`. The signature does
-//! not cover `event-data`; the token binds it to one delivery, so the endpoint (not built yet)
-//! must also refuse a token it has already seen.
+//! not cover `event-data`; the token binds it to one delivery, so the endpoint also refuses a
+//! token it has already seen with another body (`crate::replay`).
 
 use super::{VerifyError, check_window};
 use hmac::{Hmac, Mac};
@@ -46,7 +46,7 @@ pub fn verify(
     signed: &MailgunSignature<'_>,
     now: i64,
     window: Duration,
-) -> Result<(), VerifyError> {
+) -> Result<usize, VerifyError> {
     if keys.is_empty() {
         return Err(VerifyError::NoKeys);
     }
@@ -61,17 +61,20 @@ pub fn verify(
     if signed.token.is_empty() {
         return Err(VerifyError::Malformed("the token is empty".into()));
     }
-    let mut matched = subtle::Choice::from(0);
-    for key in keys {
-        matched |= key
+    // Every key is compared, in constant time each; the first that matches is the signer.
+    let mut signer = None;
+    for (index, key) in keys.iter().enumerate() {
+        let matched = key
             .sign(signed.timestamp, signed.token)
             .as_slice()
             .ct_eq(&presented);
+        if bool::from(matched) && signer.is_none() {
+            signer = Some(index);
+        }
     }
-    if !bool::from(matched) {
-        return Err(VerifyError::NoMatch);
-    }
-    check_window(seconds, now, window)
+    let signer = signer.ok_or(VerifyError::NoMatch)?;
+    check_window(seconds, now, window)?;
+    Ok(signer)
 }
 
 #[cfg(test)]
@@ -112,7 +115,7 @@ mod tests {
             let now: i64 = ts.parse().expect("seconds");
             assert_eq!(
                 verify(&[key], &signed(ts, token, expected), now, WINDOW),
-                Ok(())
+                Ok(0)
             );
         }
     }
@@ -159,7 +162,7 @@ mod tests {
         ];
         assert_eq!(
             verify(&rotated, &signed(ts, token, sig), now, WINDOW),
-            Ok(())
+            Ok(1)
         );
         assert!(SigningKey::new(" ").is_err());
     }

@@ -6,11 +6,15 @@
 //! refused).
 
 pub mod mailgun;
+pub mod postmark;
+pub mod sendgrid;
+pub mod sns;
 pub mod standard;
 
 use std::time::Duration;
 
-/// Why a webhook was refused. The sink answers 401 to all of them alike.
+/// Why a webhook was refused. The sink answers 401 to all but `Unavailable` (our trouble: 503,
+/// so the provider retries).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("the {0} header is missing")]
@@ -23,6 +27,10 @@ pub enum VerifyError {
     OutsideWindow(Duration),
     #[error("no key is configured for this provider")]
     NoKeys,
+    /// The key could not be had (e.g. fetching the SNS certificate failed): not a refusal, the
+    /// sink answers 503 so that the provider retries.
+    #[error("the verification key is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// `|now - timestamp|`, or an error when it is larger than `window`.
