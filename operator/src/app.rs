@@ -98,6 +98,12 @@ impl Operator {
             self.config.database_timeout(),
             shutdown.clone(),
         ));
+        let expiry = tokio::spawn(crate::pending::expiry_loop(
+            self.pool.clone(),
+            self.config.pending_event_ttl_hours,
+            self.config.database_timeout(),
+            shutdown.clone(),
+        ));
         supervise("operator", &shutdown, || async {
             let result = self.session(&shutdown).await;
             if result.is_err() {
@@ -111,6 +117,7 @@ impl Operator {
         server_handle.stop(true).await;
         let _ = server_task.await;
         let _ = liveness.await;
+        let _ = expiry.await;
         tracing::info!("operator stopped");
         Ok(())
     }

@@ -39,6 +39,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_DATABASE_LIVENESS_MS", default_value_t = 5000)]
     pub database_liveness_ms: u64,
 
+    /// How long a tracking event whose email is not known (a webhook that arrived before the
+    /// dispatcher's report, or one naming an email never taken in) waits for it, in hours;
+    /// then it is set aside as `unknown_email`.
+    #[arg(long, env = "MAILTRAIL_PENDING_EVENT_TTL_HOURS", default_value_t = 72)]
+    pub pending_event_ttl_hours: u32,
+
     /// Address of the operator's HTTP API.
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

@@ -154,6 +154,8 @@ type EventRow = (
     String,
     i32,
     serde_json::Value,
+    Option<String>,
+    Option<String>,
 );
 
 #[derive(Debug, Serialize)]
@@ -164,7 +166,27 @@ pub struct EventView {
     pub recorded_at: DateTime<Utc>,
     pub source: String,
     pub seq: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_event_id: Option<String>,
     pub details: serde_json::Value,
+}
+
+/// What happened to an email, at a glance. Counts and first times are sums and minimums, so
+/// they do not depend on the order events arrived in.
+#[derive(Debug, Serialize)]
+pub struct SummaryView {
+    pub status: String,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub open_count: i32,
+    pub click_count: i32,
+    pub first_opened_at: Option<DateTime<Utc>>,
+    pub first_clicked_at: Option<DateTime<Utc>>,
+    /// The details of the bounce that decided the status, when it bounced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce: Option<serde_json::Value>,
 }
 
 /// An email and its history.
@@ -180,8 +202,18 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
+    pub summary: SummaryView,
     pub events: Vec<EventView>,
 }
+
+type SummaryRow = (
+    Option<String>,
+    Option<String>,
+    i32,
+    i32,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
 
 type MessageRow = (
     Uuid,
@@ -227,6 +259,18 @@ async fn message_history(
         if !principal.may_see(&row.1) {
             return Ok(None);
         }
+        let summary: SummaryRow = emails::table
+            .filter(emails::id.eq(id))
+            .select((
+                emails::provider,
+                emails::provider_message_id,
+                emails::open_count,
+                emails::click_count,
+                emails::first_opened_at,
+                emails::first_clicked_at,
+            ))
+            .first(&mut conn)
+            .await?;
         let history: Vec<EventRow> = events::table
             .filter(events::email_id.eq(id))
             .order((events::occurred_at, events::lifecycle_rank, events::seq))
@@ -237,14 +281,16 @@ async fn message_history(
                 events::source,
                 events::seq,
                 events::details,
+                events::provider,
+                events::provider_event_id,
             ))
             .load(&mut conn)
             .await?;
-        Ok(Some((row, history)))
+        Ok(Some((row, summary, history)))
     })
     .await
     .map_err(ApiError::Unavailable)?;
-    let Some((row, history)) = found else {
+    let Some((row, summary, history)) = found else {
         return Err(not_found());
     };
     let (id, tenant, recipient, status, created_at, request_key, from, subject, tags, metadata) =
@@ -261,19 +307,48 @@ async fn message_history(
         from: address(from),
         to: address(recipient),
         subject,
-        status,
+        status: status.clone(),
         created_at,
         tags,
         metadata: serde_json::from_value(metadata).unwrap_or_default(),
+        summary: SummaryView {
+            bounce: (status == "bounced")
+                .then(|| {
+                    history
+                        .iter()
+                        .rev()
+                        .find(|e| e.0 == "bounced")
+                        .map(|e| e.5.clone())
+                })
+                .flatten(),
+            status,
+            provider: summary.0,
+            provider_message_id: summary.1,
+            open_count: summary.2,
+            click_count: summary.3,
+            first_opened_at: summary.4,
+            first_clicked_at: summary.5,
+        },
         events: history
             .into_iter()
             .map(
-                |(event_type, occurred_at, recorded_at, source, seq, details)| EventView {
+                |(
                     event_type,
                     occurred_at,
                     recorded_at,
                     source,
                     seq,
+                    details,
+                    provider,
+                    provider_event_id,
+                )| EventView {
+                    event_type,
+                    occurred_at,
+                    recorded_at,
+                    source,
+                    seq,
+                    provider,
+                    provider_event_id,
                     details,
                 },
             )

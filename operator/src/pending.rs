@@ -174,3 +174,33 @@ fn as_incoming(event: &serde_json::Value) -> Incoming {
         redelivered: false,
     }
 }
+
+/// Every few minutes, sets aside the events that waited too long (see [`expire`]).
+pub async fn expiry_loop(
+    pool: crate::db::DbPool,
+    ttl_hours: u32,
+    deadline: std::time::Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        let result = crate::db::with_deadline(deadline, "expiring waiting events", async {
+            let mut conn = pool.get().await?;
+            expire(&mut conn, ttl_hours).await
+        })
+        .await;
+        match result {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(
+                count,
+                ttl_hours,
+                "tracking events never matched an email; set aside as unknown_email"
+            ),
+            Err(error) => tracing::warn!(%error, "could not expire waiting tracking events"),
+        }
+    }
+}
