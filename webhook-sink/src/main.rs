@@ -3,7 +3,7 @@ use mailtrail_runtime::{ProcessArgs, init_tracing, run_with_drain_deadline, stop
 use mailtrail_webhook_sink::{SinkApp, SinkConfig};
 
 /// mailtrail webhook sink: verifies provider webhooks and publishes their events to the operator.
-/// `POST /v1/webhooks/standard` takes mailtrail's own event schema signed per Standard Webhooks.
+/// `POST /v1/webhooks/{mailgun,sendgrid,postmark,ses,resend,standard}`; see docs/webhooks.md.
 /// Every flag can also be set with the `MAILTRAIL_*` environment variable shown beside it.
 #[derive(Debug, Parser)]
 #[command(version, about)]
