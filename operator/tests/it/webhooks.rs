@@ -29,6 +29,7 @@ use uuid::Uuid;
 const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const RESEND_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const MAILGUN_KEY: &str = "mailgun-signing-key";
+const GLOBEX_MAILGUN_KEY: &str = "globex-mailgun-signing-key";
 const POSTMARK_USER: &str = "postmark:s3cret-pass";
 const TOPIC: &str = "arn:aws:sns:us-east-1:123456789012:ses-events";
 
@@ -268,7 +269,7 @@ async fn every_provider_format_lands_once_each_in_order() {
     config.http_addr = "127.0.0.1:0".parse().expect("address");
     config.standard_secrets = format!("acme={STANDARD_SECRET}");
     config.resend_secrets = format!("acme={RESEND_SECRET}");
-    config.mailgun_signing_keys = format!("acme={MAILGUN_KEY}");
+    config.mailgun_signing_keys = format!("acme={MAILGUN_KEY},globex={GLOBEX_MAILGUN_KEY}");
     config.sendgrid_public_keys = format!(
         "acme={}",
         sendgrid::testing::public_key_base64(&signers.sendgrid)
@@ -423,6 +424,36 @@ async fn every_provider_format_lands_once_each_in_order() {
         24
     );
     assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    // Another tenant's genuine key cannot write into acme's history: its complaint about
+    // acme's email is set aside, not recorded.
+    let (_, _, ann, to) = &emails[0];
+    let mut forged = Signers {
+        mailgun: mailgun::SigningKey::new(GLOBEX_MAILGUN_KEY).expect("key"),
+        ..signers
+    }
+    .webhook("mailgun", Kind::Bounced, *ann, to, base);
+    forged.headers.clear();
+    let (status, _, answer) = http_post(sink_port, "/v1/webhooks/mailgun", &[], &forged.body).await;
+    assert_eq!(
+        status, 200,
+        "the sink verifies the key; the operator judges the tenant: {answer}"
+    );
+    eventually(
+        "the forged bounce is set aside",
+        Duration::from_secs(20),
+        || async {
+            (world
+                .count("SELECT count(*) FROM dead_letters WHERE reason = 'tenant_mismatch'")
+                .await
+                == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, _, history) = http_get(api, &format!("/v1/messages/{ann}"), Some(&reader)).await;
+    assert_eq!(history["status"], "clicked");
+    assert_eq!(history["events"].as_array().map(Vec::len), Some(6));
 
     stop_sink.cancel();
     sink_task.await.expect("joins").expect("sink stops");
