@@ -2,7 +2,7 @@ use anyhow::Context;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use mailtrail_shared::topology::{Queue, QueueType, Topology};
+use mailtrail_shared::topology::{Queue, Topology};
 
 /// Declares every queue of the topology (idempotent). Arguments are only `x-queue-type`, so a
 /// later change of limits goes through broker policies, never a `PRECONDITION_FAILED` here.
@@ -50,11 +50,12 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> anyhow::Result<(u32,
     Ok((q.message_count(), q.consumer_count()))
 }
 
-/// Declares the retry queue of `work_queue` for `delay_secs` and returns its name: messages
-/// published to it wait `delay_secs` (queue-level TTL, so they expire in order) and are then
-/// dead-lettered by the broker back to `work_queue`. On quorum queues the move is at-least-once
-/// (`x-dead-letter-strategy`), on classic queues it is not confirmed by the broker (see
-/// docs/amqp.md).
+/// Declares the delay queue (retry tier) of `work_queue` for `delay_secs` and returns its name:
+/// messages published to it wait `delay_secs` (queue-level TTL, so they expire in order) and are
+/// then dead-lettered by the broker back to `work_queue`. Always a quorum queue with
+/// at-least-once dead-lettering, whatever the work queues' type: a classic queue's
+/// dead-lettering is not confirmed, and a waiting job could be lost in a broker crash
+/// (docs/amqp.md).
 pub async fn declare_retry_queue(
     channel: &Channel,
     topology: &Topology,
@@ -66,10 +67,7 @@ pub async fn declare_retry_queue(
     let mut put = |key: &str, value: AMQPValue| {
         arguments.insert(key.into(), value);
     };
-    put(
-        "x-queue-type",
-        AMQPValue::LongString(topology.queue_type.as_str().into()),
-    );
+    put("x-queue-type", AMQPValue::LongString("quorum".into()));
     put(
         "x-message-ttl",
         AMQPValue::LongLongInt(i64::from(delay_secs) * 1000),
@@ -79,13 +77,11 @@ pub async fn declare_retry_queue(
         "x-dead-letter-routing-key",
         AMQPValue::LongString(topology.queue(work_queue).into()),
     );
-    if topology.queue_type == QueueType::Quorum {
-        put(
-            "x-dead-letter-strategy",
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        put("x-overflow", AMQPValue::LongString("reject-publish".into()));
-    }
+    put(
+        "x-dead-letter-strategy",
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    put("x-overflow", AMQPValue::LongString("reject-publish".into()));
     channel
         .queue_declare(
             name.as_str().into(),

@@ -52,6 +52,8 @@ fn job(n: usize) -> DispatchJob {
         tags: vec![],
         metadata: BTreeMap::new(),
         attachments: vec![],
+        waits: 0,
+        first_attempt_at: None,
     }
 }
 

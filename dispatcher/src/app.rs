@@ -3,8 +3,11 @@
 
 use crate::config::DispatcherConfig;
 use crate::memory::JobMemory;
+use crate::providers::Provider;
+use crate::providers::smtp::SmtpProvider;
+use crate::routing::{Router, parse_tenant_providers};
 use crate::smtp::SmtpSender;
-use crate::worker::Dispatcher;
+use crate::worker::{Dispatcher, RetryPolicy};
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -16,6 +19,7 @@ use mailtrail_broker::{
 };
 use mailtrail_runtime::{Readiness, serve_health, supervise};
 use mailtrail_shared::topology::Queue;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,27 +31,31 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct DispatcherApp {
     config: DispatcherConfig,
-    sender: Arc<SmtpSender>,
+    router: Arc<Router>,
     memory: Arc<JobMemory>,
     listener: std::net::TcpListener,
 }
 
 impl DispatcherApp {
     pub async fn build(config: DispatcherConfig) -> anyhow::Result<DispatcherApp> {
-        let sender = SmtpSender::new(
-            &config.smtp_url,
-            &config.smtp_hello_name,
-            config.smtp_connections,
-            config.smtp_timeout(),
-        )
-        .await?;
+        let mut built: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let tenant_providers = parse_tenant_providers(&config.tenant_providers)?;
+        for name in std::iter::once(&config.provider).chain(tenant_providers.iter().map(|t| &t.1)) {
+            if !built.contains_key(name) {
+                built.insert(name.clone(), build_provider(name, &config).await?);
+            }
+        }
+        let mut router = Router::new(built[&config.provider].clone());
+        for (tenant, name) in &tenant_providers {
+            router = router.with_tenant(tenant, built[name].clone());
+        }
         let listener = mailtrail_runtime::bind_http(config.http_addr)?;
         Ok(DispatcherApp {
             memory: Arc::new(JobMemory::new(
                 config.outcome_memory,
                 Duration::from_secs(config.outcome_memory_secs),
             )),
-            sender: Arc::new(sender),
+            router: Arc::new(router),
             config,
             listener,
         })
@@ -61,11 +69,23 @@ impl DispatcherApp {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut readiness = Readiness::default();
         let broker_ready = readiness.track("broker");
+        // Each provider in use is a dependency too: down while it refuses us.
+        let provider_up: HashMap<&'static str, Arc<AtomicBool>> = self
+            .router
+            .providers()
+            .iter()
+            .map(|p| {
+                let flag = readiness.track(p.name());
+                flag.store(true, Ordering::Relaxed);
+                (p.name(), flag)
+            })
+            .collect();
+        let provider_up = Arc::new(provider_up);
         let server = serve_health(self.listener.try_clone()?, readiness)?;
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
         supervise("dispatcher", &stop, || async {
-            let result = self.session(&stop, &broker_ready).await;
+            let result = self.session(&stop, &broker_ready, &provider_up).await;
             broker_ready.store(false, Ordering::Relaxed);
             result
         })
@@ -80,6 +100,7 @@ impl DispatcherApp {
         &self,
         stop: &CancellationToken,
         broker_ready: &Arc<AtomicBool>,
+        provider_up: &Arc<HashMap<&'static str, Arc<AtomicBool>>>,
     ) -> anyhow::Result<()> {
         let topology = self.config.broker.topology();
         let connection = connect(&self.config.broker.settings("dispatcher")).await?;
@@ -87,16 +108,21 @@ impl DispatcherApp {
             let setup = connection.create_channel().await?;
             declare_topology(&setup, &topology).await?;
             for queue in [Queue::Dispatching, Queue::DispatchingPriority] {
-                declare_retry_queue(&setup, &topology, queue, self.config.retry_delay_secs).await?;
+                for delay in self.config.retry_schedule.delays() {
+                    declare_retry_queue(&setup, &topology, queue, delay).await?;
+                }
             }
             let dispatcher = Arc::new(Dispatcher {
-                sender: self.sender.clone(),
+                router: self.router.clone(),
                 publisher: Publisher::open(&connection).await?,
                 topology: topology.clone(),
                 memory: self.memory.clone(),
-                hello_name: self.config.smtp_hello_name.clone(),
-                retry_delay_secs: self.config.retry_delay_secs,
-                max_attempts: self.config.max_attempts,
+                retry: RetryPolicy {
+                    schedule: self.config.retry_schedule.clone(),
+                    max_attempts: self.config.max_attempts,
+                    max_age: self.config.retry_max_age,
+                },
+                provider_up: provider_up.clone(),
             });
             // Both consumers share one channel and its prefetch: the concurrency bound.
             let channel = connection.create_channel().await?;
@@ -108,7 +134,7 @@ impl DispatcherApp {
             let mut normal = consume(&channel, &topology.queue(Queue::Dispatching)).await?;
             broker_ready.store(true, Ordering::Relaxed);
             tracing::info!(
-                smtp = %self.config.smtp_url,
+                provider = %self.config.provider,
                 concurrency = self.config.concurrency,
                 "dispatcher consuming"
             );
@@ -208,4 +234,30 @@ async fn consume(channel: &Channel, queue: &str) -> anyhow::Result<Consumer> {
         )
         .await
         .with_context(|| format!("cannot consume from {queue:?}"))
+}
+
+/// The provider called `name`, from its settings.
+async fn build_provider(
+    name: &str,
+    config: &DispatcherConfig,
+) -> anyhow::Result<Arc<dyn Provider>> {
+    match name {
+        crate::providers::smtp::NAME => {
+            let sender = SmtpSender::new(
+                &config.smtp_url,
+                &config.smtp_hello_name,
+                config.smtp_connections,
+                config.smtp_timeout(),
+            )
+            .await?;
+            Ok(Arc::new(SmtpProvider {
+                sender,
+                hello_name: config.smtp_hello_name.clone(),
+            }))
+        }
+        other => anyhow::bail!(
+            "unknown provider {other:?} (MAILTRAIL_PROVIDER / MAILTRAIL_TENANT_PROVIDERS): use \
+             smtp, mailgun, sendgrid, postmark, resend or ses"
+        ),
+    }
 }

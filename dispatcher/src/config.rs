@@ -39,14 +39,39 @@ pub struct DispatcherConfig {
     #[arg(long, env = "MAILTRAIL_DISPATCH_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
-    /// How long a deferred job waits before its next attempt, in seconds. Each value has its own
-    /// retry queue (`<prefix>dispatching.retry-<n>s`).
-    #[arg(long, env = "MAILTRAIL_RETRY_DELAY_SECS", default_value_t = 60)]
-    pub retry_delay_secs: u32,
+    /// The waits before each retry, in order (`s`, `m`, `h` or `d` units); attempts past the
+    /// list wait the last. Each delay is a quorum queue `<prefix>dispatching.delay-<n>s`.
+    #[arg(
+        long,
+        env = "MAILTRAIL_RETRY_SCHEDULE",
+        default_value = "30s,2m,10m,1h,4h,12h",
+        value_parser = parse_schedule
+    )]
+    pub retry_schedule: Schedule,
 
-    /// Attempts before a transiently failing job is given up as `failed`.
+    /// Attempts before a transiently failing job is given up as `failed` (waits while the
+    /// provider or our account was at fault do not count).
     #[arg(long, env = "MAILTRAIL_MAX_ATTEMPTS", default_value_t = 10)]
     pub max_attempts: u32,
+
+    /// Oldest a job may get, from its first attempt, before it is given up as `failed`
+    /// (`s`, `m`, `h` or `d`).
+    #[arg(
+        long,
+        env = "MAILTRAIL_RETRY_MAX_AGE",
+        default_value = "3d",
+        value_parser = parse_duration
+    )]
+    pub retry_max_age: Duration,
+
+    /// The provider mail goes through: `smtp`, `mailgun`, `sendgrid`, `postmark`, `resend` or
+    /// `ses` (each configured by its own variables).
+    #[arg(long, env = "MAILTRAIL_PROVIDER", default_value = "smtp")]
+    pub provider: String,
+
+    /// Per-tenant providers, as `<tenant>=<provider>,…`; other tenants use MAILTRAIL_PROVIDER.
+    #[arg(long, env = "MAILTRAIL_TENANT_PROVIDERS", default_value = "")]
+    pub tenant_providers: String,
 
     /// Job outcomes remembered for redeliveries (count).
     #[arg(long, env = "MAILTRAIL_OUTCOME_MEMORY", default_value_t = 100_000)]
@@ -70,5 +95,85 @@ impl DispatcherConfig {
 
     pub fn smtp_timeout(&self) -> Duration {
         Duration::from_millis(self.smtp_timeout_ms)
+    }
+}
+
+/// The retry tiers: seconds to wait before attempt 2, 3, …
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule(pub Vec<u32>);
+
+impl Schedule {
+    /// The wait after the `attempt`-th attempt (1-based) failed.
+    pub fn delay_after(&self, attempt: u32) -> u32 {
+        let index = attempt.saturating_sub(1) as usize;
+        self.0.get(index).or(self.0.last()).copied().unwrap_or(60)
+    }
+
+    /// Every distinct delay, each a queue.
+    pub fn delays(&self) -> Vec<u32> {
+        let mut delays = self.0.clone();
+        delays.sort_unstable();
+        delays.dedup();
+        delays
+    }
+}
+
+/// `30s`, `2m`, `1h`, `3d` (or plain seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 30s, 2m, 1h or 3d"))?;
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number * unit_secs))
+}
+
+/// `30s,2m,10m` → the tiers, each at least a second.
+pub fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    let delays = text
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            let secs = parse_duration(t)?.as_secs();
+            u32::try_from(secs)
+                .ok()
+                .filter(|s| *s >= 1)
+                .ok_or_else(|| format!("{t:?}: each retry delay must be from 1 s to 136 years"))
+        })
+        .collect::<Result<Vec<u32>, String>>()?;
+    if delays.is_empty() {
+        return Err("the retry schedule needs at least one delay".into());
+    }
+    Ok(Schedule(delays))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_and_durations() {
+        let schedule = parse_schedule("30s,2m,10m,1h,4h,12h").expect("schedule");
+        assert_eq!(schedule.0, [30, 120, 600, 3600, 14_400, 43_200]);
+        assert_eq!(schedule.delay_after(1), 30);
+        assert_eq!(schedule.delay_after(6), 43_200);
+        assert_eq!(schedule.delay_after(9), 43_200, "past the list: the last");
+        assert_eq!(parse_schedule("2,1,2").expect("schedule").delays(), [1, 2]);
+        assert!(parse_schedule("").is_err());
+        assert!(parse_schedule("0s").is_err());
+        assert!(parse_schedule("5x").is_err());
+        assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(259_200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
     }
 }

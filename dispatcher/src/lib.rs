@@ -1,5 +1,6 @@
-//! mailtrail's dispatcher: consumes dispatch jobs, sends each through SMTP and reports what
-//! happened (`dispatched`, `deferred`, `failed`) on the tracking queue. It keeps no database:
+//! mailtrail's dispatcher: consumes dispatch jobs, sends each through a provider (SMTP or an
+//! HTTP send API) and reports what happened (`dispatched`, `deferred`, `bounced`, `failed`) on
+//! the tracking queue. It keeps no database:
 //! a short memory of recent outcomes makes redeliveries harmless.
 //!
 //! * [`worker::Dispatcher::handle`] — the step: one delivery in, outcome sent and reported;
@@ -10,6 +11,8 @@ pub mod config;
 pub mod memory;
 pub mod message;
 pub mod outcome;
+pub mod providers;
+pub mod routing;
 pub mod smtp;
 pub mod worker;
 

@@ -139,14 +139,16 @@ pub async fn wait_for(mut receiver: watch::Receiver<Option<Outcome>>) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
+    use crate::outcome::OutcomeKind;
 
     fn dispatched() -> Outcome {
-        Outcome::Dispatched {
-            reply: "250 ok".into(),
-            queue_id: None,
-            at: Utc::now(),
-        }
+        Outcome::new(
+            OutcomeKind::Dispatched {
+                reply: "250 ok".into(),
+                provider_message_id: None,
+            },
+            "smtp",
+        )
     }
 
     #[tokio::test]
@@ -163,7 +165,10 @@ mod tests {
         memory.complete(slot, dispatched());
         assert!(matches!(
             waiter.await.expect("joins"),
-            Some(Outcome::Dispatched { .. })
+            Some(Outcome {
+                kind: OutcomeKind::Dispatched { .. },
+                ..
+            })
         ));
         assert!(matches!(memory.begin(key), Begin::Done(_)));
         // Another attempt of the same job is sent.

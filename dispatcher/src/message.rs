@@ -123,6 +123,8 @@ mod tests {
                 content: "aGVsbG8=".into(),
                 size: 5,
             }],
+            waits: 0,
+            first_attempt_at: None,
         }
     }
 

@@ -7,57 +7,89 @@ use mailtrail_shared::ids;
 use mailtrail_shared::tracking::{TRACKING_EVENT_VERSION, TrackingEvent};
 
 pub const SOURCE: &str = "dispatcher";
-pub const PROVIDER: &str = "smtp";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The server took the message.
+pub struct Outcome {
+    pub kind: OutcomeKind,
+    /// The provider the attempt went to.
+    pub provider: &'static str,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// The provider took the message.
     Dispatched {
         reply: String,
-        queue_id: Option<String>,
-        at: DateTime<Utc>,
+        provider_message_id: Option<String>,
     },
-    /// A transient failure: the job will be tried again.
-    Deferred { reason: String, at: DateTime<Utc> },
-    /// A permanent failure, or the last attempt failed: no more tries.
-    Failed { reason: String, at: DateTime<Utc> },
+    /// Not sent now; the job will be tried again. `provider_down`: the provider or our account
+    /// was at fault, so the wait spends no attempt.
+    Deferred { reason: String, provider_down: bool },
+    /// The provider says the mailbox does not exist: a hard bounce, no more tries.
+    Bounced { reason: String },
+    /// The message or recipient is at fault, or (`exhausted`) the last attempt or the maximum
+    /// age passed: no more tries. An exhausted job is also set aside.
+    Failed { reason: String, exhausted: bool },
 }
 
 impl Outcome {
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Outcome::Dispatched { .. } => EventType::Dispatched,
-            Outcome::Deferred { .. } => EventType::Deferred,
-            Outcome::Failed { .. } => EventType::Failed,
+    pub fn new(kind: OutcomeKind, provider: &'static str) -> Outcome {
+        Outcome {
+            kind,
+            provider,
+            at: Utc::now(),
         }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        match self.kind {
+            OutcomeKind::Dispatched { .. } => EventType::Dispatched,
+            OutcomeKind::Deferred { .. } => EventType::Deferred,
+            OutcomeKind::Bounced { .. } => EventType::Bounced,
+            OutcomeKind::Failed { .. } => EventType::Failed,
+        }
+    }
+
+    pub fn is_deferred(&self) -> bool {
+        matches!(self.kind, OutcomeKind::Deferred { .. })
     }
 
     /// The tracking event reporting this outcome of `job`'s attempt. Its id is derived from the
     /// job, attempt and outcome, so a republished event is recorded once.
     pub fn event(&self, job: &DispatchJob, retry_in_secs: Option<u32>) -> TrackingEvent {
         let event_type = self.event_type();
-        let (at, details, provider_message_id) = match self {
-            Outcome::Dispatched {
+        let (details, provider_message_id) = match &self.kind {
+            OutcomeKind::Dispatched {
                 reply,
-                queue_id,
-                at,
+                provider_message_id,
             } => (
-                *at,
                 serde_json::json!({"reply": reply, "attempt": job.attempt}),
-                queue_id.clone(),
+                provider_message_id.clone(),
             ),
-            Outcome::Deferred { reason, at } => (
-                *at,
+            OutcomeKind::Deferred {
+                reason,
+                provider_down,
+            } => (
                 serde_json::json!({
                     "reason": reason,
                     "attempt": job.attempt,
                     "retry_in_secs": retry_in_secs,
+                    "provider_down": provider_down,
                 }),
                 None,
             ),
-            Outcome::Failed { reason, at } => (
-                *at,
-                serde_json::json!({"reason": reason, "attempt": job.attempt}),
+            OutcomeKind::Bounced { reason } => (
+                serde_json::json!({
+                    "reason": reason,
+                    "attempt": job.attempt,
+                    "bounce_kind": "hard",
+                    "diagnostic": reason,
+                }),
+                None,
+            ),
+            OutcomeKind::Failed { reason, exhausted } => (
+                serde_json::json!({"reason": reason, "attempt": job.attempt, "exhausted": exhausted}),
                 None,
             ),
         };
@@ -67,9 +99,9 @@ impl Outcome {
             email_id: Some(job.email_id),
             tenant: job.tenant.clone(),
             event_type,
-            occurred_at: at,
+            occurred_at: self.at,
             source: SOURCE.to_owned(),
-            provider: Some(PROVIDER.to_owned()),
+            provider: Some(self.provider.to_owned()),
             provider_message_id,
             provider_event_id: None,
             details,

@@ -24,14 +24,7 @@ pub struct Accepted {
     pub queue_id: Option<String>,
 }
 
-/// Why a send did not succeed, classified for the retry decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SendFailure {
-    /// 4xx, a lost connection, a timeout: the same send may succeed later.
-    Transient(String),
-    /// 5xx or a message the client cannot send: sending it again would fail again.
-    Permanent(String),
-}
+use crate::providers::SendError;
 
 pub struct SmtpSender {
     server: SocketAddr,
@@ -77,16 +70,12 @@ impl SmtpSender {
     }
 
     /// Sends one message to its envelope's recipients.
-    pub async fn send(
-        &self,
-        envelope: &Envelope,
-        formatted: &[u8],
-    ) -> Result<Accepted, SendFailure> {
+    pub async fn send(&self, envelope: &Envelope, formatted: &[u8]) -> Result<Accepted, SendError> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| SendFailure::Transient("the SMTP sender is closed".into()))?;
+            .map_err(|_| SendError::Transient("the SMTP sender is closed".into()))?;
         // A pooled connection may have been closed by the server while idle: one failure of the
         // transport on a reused connection is retried once on a fresh one.
         let reused = self.take_idle();
@@ -130,7 +119,7 @@ impl SmtpSender {
                         reply,
                     })
                 }
-                Err(error) => Err(classify(&error)),
+                Err(error) => Err(classify(&error, Phase::Transaction)),
             }
         };
         match tokio::time::timeout(self.timeout, work).await {
@@ -148,25 +137,33 @@ impl SmtpSender {
             .map_err(|e| Attempt::Transport(format!("cannot set TCP_NODELAY: {e}")))?;
         AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
             .await
-            .map_err(|e| classify(&e))
+            .map_err(|e| classify(&e, Phase::Connection))
     }
+}
+
+/// Where in the SMTP dialogue an error came: a refusal of the connection itself (greeting,
+/// EHLO, AUTH) is about us or the server, not about one message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connection,
+    Transaction,
 }
 
 /// One attempt's failure, before the retry-on-fresh-connection decision.
 enum Attempt {
     /// The server answered with an error code.
-    Reply(SendFailure),
+    Reply(SendError),
     /// The connection broke (or could not be made).
     Transport(String),
     Timeout(Duration),
 }
 
 impl Attempt {
-    fn into_failure(self) -> SendFailure {
+    fn into_failure(self) -> SendError {
         match self {
             Attempt::Reply(failure) => failure,
-            Attempt::Transport(reason) => SendFailure::Transient(reason),
-            Attempt::Timeout(after) => SendFailure::Transient(format!(
+            Attempt::Transport(reason) => SendError::Transient(reason),
+            Attempt::Timeout(after) => SendError::Transient(format!(
                 "the SMTP server did not finish within {} ms",
                 after.as_millis()
             )),
@@ -174,18 +171,47 @@ impl Attempt {
     }
 }
 
-fn classify(error: &lettre::transport::smtp::Error) -> Attempt {
+/// The SMTP failure table (README): 4xx → transient; 5xx to the connection, EHLO or AUTH (535
+/// and friends) → the server or our account is at fault; 5xx in the transaction → the message
+/// or recipient is at fault, a bounce when the reply says the mailbox does not exist.
+fn classify(error: &lettre::transport::smtp::Error, phase: Phase) -> Attempt {
     let text = error.to_string();
+    let code = error
+        .status()
+        .map(|code| code.to_string())
+        .unwrap_or_default();
     if error.is_permanent() {
-        Attempt::Reply(SendFailure::Permanent(text))
+        let account = phase == Phase::Connection || matches!(code.as_str(), "530" | "534" | "535");
+        if account {
+            Attempt::Reply(SendError::ProviderDown(text))
+        } else {
+            Attempt::Reply(SendError::Rejected {
+                mailbox_unknown: mailbox_unknown(&code, &text),
+                reason: text,
+            })
+        }
     } else if error.is_transient() {
-        Attempt::Reply(SendFailure::Transient(text))
+        Attempt::Reply(SendError::Transient(text))
     } else if error.is_client() {
         // e.g. non-ASCII addresses to a server without SMTPUTF8: this message cannot go there.
-        Attempt::Reply(SendFailure::Permanent(text))
+        Attempt::Reply(SendError::Rejected {
+            reason: text,
+            mailbox_unknown: false,
+        })
     } else {
         Attempt::Transport(text)
     }
+}
+
+/// Does a 5xx reply say the mailbox does not exist (RFC 3463 5.1.1, 5.1.10; 550 "user unknown")?
+fn mailbox_unknown(code: &str, text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    lower.contains("5.1.1")
+        || lower.contains("5.1.10")
+        || (matches!(code, "550" | "551" | "553")
+            && ["unknown", "no such user", "does not exist", "not found"]
+                .iter()
+                .any(|phrase| lower.contains(phrase)))
 }
 
 /// The queue id in a reply such as `250 2.0.0 Ok: queued as 4F2A`.
@@ -208,6 +234,26 @@ pub fn envelope(from: &str, to: &str) -> Result<Envelope, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_mailboxes_are_told_apart() {
+        assert!(mailbox_unknown(
+            "550",
+            "permanent error (550): 5.1.1 <a@b>: user unknown"
+        ));
+        assert!(mailbox_unknown(
+            "550",
+            "permanent error (550): no such user here"
+        ));
+        assert!(!mailbox_unknown(
+            "554",
+            "permanent error (554): 5.7.1 message refused"
+        ));
+        assert!(!mailbox_unknown(
+            "552",
+            "permanent error (552): mailbox full"
+        ));
+    }
 
     #[test]
     fn queue_ids_are_read_from_replies() {

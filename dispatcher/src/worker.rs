@@ -1,17 +1,21 @@
 //! The dispatch step: one job delivery in, its outcome sent and reported out. Separate from the
 //! consume loop so tests can drive it.
 
+use crate::config::Schedule;
 use crate::memory::{Begin, JobMemory, wait_for};
-use crate::message;
-use crate::outcome::Outcome;
-use crate::smtp::{SendFailure, SmtpSender, envelope};
+use crate::outcome::{Outcome, OutcomeKind};
+use crate::providers::SendError;
+use crate::routing::Router;
 use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable};
 use mailtrail_broker::{Incoming, OutgoingMessage, Publisher, SetAside, json_properties};
 use mailtrail_shared::dispatch::{DISPATCH_JOB_VERSION, DispatchJob};
 use mailtrail_shared::headers;
 use mailtrail_shared::topology::{Queue, Topology};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub const SERVICE: &str = "dispatcher";
 
@@ -26,14 +30,23 @@ pub enum Handled {
     SetAside(String),
 }
 
+/// When to try again and when to give up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub schedule: Schedule,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+}
+
 pub struct Dispatcher {
-    pub sender: Arc<SmtpSender>,
+    pub router: Arc<Router>,
     pub publisher: Publisher,
     pub topology: Topology,
     pub memory: Arc<JobMemory>,
-    pub hello_name: String,
-    pub retry_delay_secs: u32,
-    pub max_attempts: u32,
+    pub retry: RetryPolicy,
+    /// Per provider name: is it answering (false after the provider or our account was at
+    /// fault, true again after a success)? Exposed on `/readyz`.
+    pub provider_up: Arc<HashMap<&'static str, Arc<AtomicBool>>>,
 }
 
 impl Dispatcher {
@@ -76,7 +89,7 @@ impl Dispatcher {
                 (outcome, false)
             }
         };
-        self.report(&job, &outcome).await?;
+        self.report(delivery, &job, &outcome).await?;
         Ok(if replayed {
             Handled::Replayed(outcome)
         } else {
@@ -85,59 +98,125 @@ impl Dispatcher {
     }
 
     async fn attempt(&self, job: &DispatchJob) -> Outcome {
-        let built = message::build(job, &self.hello_name).and_then(|message| {
-            let envelope = envelope(&job.from.address, &job.to.address)
-                .map_err(|e| message::BuildError::from_envelope(&e))?;
-            Ok((envelope, message.formatted()))
+        let provider = self.router.for_tenant(&job.tenant);
+        let name = provider.name();
+        let result = provider.send(job).await;
+        self.note_provider(name, &result);
+        let too_old = job.first_attempt_at.is_some_and(|first| {
+            (Utc::now() - first).to_std().unwrap_or_default() > self.retry.max_age
         });
-        let (envelope, formatted) = match built {
-            Ok(parts) => parts,
-            Err(error) => {
-                return Outcome::Failed {
-                    reason: error.to_string(),
-                    at: Utc::now(),
-                };
-            }
-        };
-        match self.sender.send(&envelope, &formatted).await {
-            Ok(accepted) => Outcome::Dispatched {
-                reply: accepted.reply,
-                queue_id: accepted.queue_id,
-                at: Utc::now(),
+        let kind = match result {
+            Ok(sent) => OutcomeKind::Dispatched {
+                reply: sent.reply,
+                provider_message_id: sent.provider_message_id,
             },
-            Err(SendFailure::Permanent(reason)) => Outcome::Failed {
+            Err(SendError::Rejected {
                 reason,
-                at: Utc::now(),
+                mailbox_unknown: true,
+            }) => OutcomeKind::Bounced { reason },
+            Err(SendError::Rejected { reason, .. }) => OutcomeKind::Failed {
+                reason,
+                exhausted: false,
             },
-            Err(SendFailure::Transient(reason)) if job.attempt >= self.max_attempts => {
-                Outcome::Failed {
+            Err(error) if too_old => OutcomeKind::Failed {
+                reason: format!(
+                    "gave up: older than {} s (MAILTRAIL_RETRY_MAX_AGE); last: {}",
+                    self.retry.max_age.as_secs(),
+                    error.reason()
+                ),
+                exhausted: true,
+            },
+            Err(SendError::ProviderDown(reason)) => OutcomeKind::Deferred {
+                reason,
+                provider_down: true,
+            },
+            Err(SendError::Transient(reason))
+                if job.counted_attempts() >= self.retry.max_attempts =>
+            {
+                OutcomeKind::Failed {
                     reason: format!(
                         "gave up after {} attempts (MAILTRAIL_MAX_ATTEMPTS); last: {reason}",
-                        job.attempt
+                        job.counted_attempts()
                     ),
-                    at: Utc::now(),
+                    exhausted: true,
                 }
             }
-            Err(SendFailure::Transient(reason)) => Outcome::Deferred {
+            Err(SendError::Transient(reason)) => OutcomeKind::Deferred {
                 reason,
-                at: Utc::now(),
+                provider_down: false,
             },
+        };
+        Outcome::new(kind, name)
+    }
+
+    fn note_provider(
+        &self,
+        name: &'static str,
+        result: &Result<crate::providers::Sent, SendError>,
+    ) {
+        let Some(up) = self.provider_up.get(name) else {
+            return;
+        };
+        match result {
+            Err(SendError::ProviderDown(reason)) => {
+                if up.swap(false, Ordering::Relaxed) {
+                    tracing::error!(
+                        provider = name,
+                        reason,
+                        "the provider refuses us (bad or revoked key, suspended account, \
+                         authentication): mail waits and is retried until it is fixed"
+                    );
+                }
+            }
+            Ok(_) | Err(SendError::Rejected { .. }) => {
+                if !up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(provider = name, "the provider takes mail again");
+                }
+            }
+            Err(SendError::Transient(_)) => {}
         }
     }
 
-    /// Publishes the outcome's tracking event, and for a deferral the next attempt to the retry
-    /// queue, all with confirms.
-    async fn report(&self, job: &DispatchJob, outcome: &Outcome) -> anyhow::Result<()> {
-        let deferred = matches!(outcome, Outcome::Deferred { .. });
-        let event = outcome.event(job, deferred.then_some(self.retry_delay_secs));
+    /// The wait before the next attempt of a deferred `job`: the tier of its counted attempts;
+    /// a wait caused by the provider being down always takes the first tier, so mail flows soon
+    /// after the fault is fixed.
+    fn delay_after(&self, job: &DispatchJob, provider_down: bool) -> u32 {
+        if provider_down {
+            self.retry.schedule.delay_after(1)
+        } else {
+            self.retry.schedule.delay_after(job.counted_attempts())
+        }
+    }
+
+    /// Publishes the outcome's tracking event, and for a deferral the next attempt to its delay
+    /// queue — for a job given up, a set-aside copy with the last error — all with confirms.
+    async fn report(
+        &self,
+        delivery: &Incoming,
+        job: &DispatchJob,
+        outcome: &Outcome,
+    ) -> anyhow::Result<()> {
+        let provider_down = matches!(
+            outcome.kind,
+            OutcomeKind::Deferred {
+                provider_down: true,
+                ..
+            }
+        );
+        let delay = outcome
+            .is_deferred()
+            .then(|| self.delay_after(job, provider_down));
+        let event = outcome.event(job, delay);
         let mut messages = vec![OutgoingMessage {
             routing_key: self.topology.queue(Queue::Tracking),
             body: serde_json::to_vec(&event)?,
             properties: json_properties(&event.event_id.to_string(), job_headers(job)),
         }];
-        if deferred {
+        if let Some(delay) = delay {
             let next = DispatchJob {
                 attempt: job.attempt + 1,
+                waits: job.waits + u32::from(provider_down),
+                first_attempt_at: Some(job.first_attempt_at.unwrap_or(outcome.at)),
                 ..job.clone()
             };
             let work_queue = match job.priority {
@@ -145,10 +224,18 @@ impl Dispatcher {
                 mailtrail_shared::contract::Priority::Normal => Queue::Dispatching,
             };
             messages.push(OutgoingMessage {
-                routing_key: self.topology.retry_queue(work_queue, self.retry_delay_secs),
+                routing_key: self.topology.retry_queue(work_queue, delay),
                 body: serde_json::to_vec(&next)?,
                 properties: json_properties(&next.job_id.to_string(), job_headers(&next)),
             });
+        }
+        if let OutcomeKind::Failed {
+            reason,
+            exhausted: true,
+        } = &outcome.kind
+        {
+            let copy = SetAside::for_message(delivery, "retries_exhausted", reason, SERVICE);
+            messages.push(copy.message_for(delivery, &self.topology));
         }
         self.publisher.publish_all(&messages).await?;
         Ok(())

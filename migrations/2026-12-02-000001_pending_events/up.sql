@@ -14,3 +14,10 @@ CREATE INDEX pending_events_email_idx ON pending_events (email_id) WHERE email_i
 CREATE INDEX pending_events_provider_idx ON pending_events (provider, provider_message_id)
     WHERE provider_message_id IS NOT NULL;
 CREATE INDEX pending_events_received_idx ON pending_events (received_at);
+
+-- A provider event is unique per email, not across all emails: a provider event id is chosen
+-- by whoever holds a signing key, so a global index would let one tenant's event pre-empt
+-- another's.
+DROP INDEX events_provider_event_idx;
+CREATE UNIQUE INDEX events_provider_event_idx ON events (email_id, provider, provider_event_id)
+    WHERE provider_event_id IS NOT NULL;

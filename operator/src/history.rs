@@ -136,6 +136,12 @@ async fn record_round(
                 AS i(event_id, email_id, event_type, lifecycle_rank, precedence, occurred_at,
                      source, details, provider, provider_event_id, provider_message_id)
             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
+              -- The same provider event for this email under another id (another key's scope):
+              -- recorded once, and the email is not bumped for it.
+              AND NOT EXISTS (SELECT 1 FROM events e
+                               WHERE i.provider_event_id IS NOT NULL
+                                 AND e.email_id = i.email_id AND e.provider = i.provider
+                                 AND e.provider_event_id = i.provider_event_id)
         ), bumped AS (
             UPDATE emails m
                SET last_seq = m.last_seq + 1,

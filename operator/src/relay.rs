@@ -216,6 +216,8 @@ impl Relay {
             tags: job.tags.clone(),
             metadata: serde_json::from_value(job.metadata.clone())?,
             attachments: serde_json::from_value(job.attachments.clone())?,
+            waits: 0,
+            first_attempt_at: None,
         };
         let mut table = FieldTable::default();
         let mut put = |name: &str, value: String| {

@@ -5,6 +5,7 @@
 
 use crate::address::Address;
 use crate::contract::{Attachment, Priority};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -34,4 +35,22 @@ pub struct DispatchJob {
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub attachments: Vec<Attachment>,
+    /// Attempts that spent nothing: waits while the provider or our account was at fault, which
+    /// never count toward the attempt limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waits: u32,
+    /// When the dispatcher first tried it; past the maximum age the job is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl DispatchJob {
+    /// Attempts that count toward the limit.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempt.saturating_sub(self.waits)
+    }
 }

@@ -129,11 +129,11 @@ impl Topology {
             .and_then(Queue::from_base_name)
     }
 
-    /// The retry queue of a dispatching queue for one delay, e.g.
-    /// `mailtrail.dispatching.retry-60s`. Its delay is in its name because it is a queue argument
+    /// The delay queue (retry tier) of a dispatching queue for one delay, e.g.
+    /// `mailtrail.dispatching.delay-30s`. Its delay is in its name because it is a queue argument
     /// (`x-message-ttl`): another delay is another queue, never a `PRECONDITION_FAILED`.
     pub fn retry_queue(&self, work_queue: Queue, delay_secs: u32) -> String {
-        format!("{}.retry-{delay_secs}s", self.queue(work_queue))
+        format!("{}.delay-{delay_secs}s", self.queue(work_queue))
     }
 
     /// Every queue to declare, with its declare arguments (name, argument list).

@@ -42,6 +42,9 @@ pub enum Mode {
     /// Close every new connection right after accepting it (no greeting) and close existing
     /// connections at their next command.
     DropConnections,
+    /// Greet new connections with `554 5.7.1` (a connection-level policy block: the server
+    /// refuses this client, not one message) and close them.
+    RefuseService,
 }
 
 impl Mode {
@@ -50,6 +53,7 @@ impl Mode {
             Mode::Accept => 0,
             Mode::TransientFailure => 1,
             Mode::DropConnections => 2,
+            Mode::RefuseService => 3,
         }
     }
 
@@ -57,6 +61,7 @@ impl Mode {
         match value {
             1 => Mode::TransientFailure,
             2 => Mode::DropConnections,
+            3 => Mode::RefuseService,
             _ => Mode::Accept,
         }
     }

@@ -38,6 +38,7 @@ enum ModeArg {
     Accept,
     TransientFailure,
     DropConnections,
+    RefuseService,
 }
 
 impl From<ModeArg> for Mode {
@@ -46,6 +47,7 @@ impl From<ModeArg> for Mode {
             ModeArg::Accept => Mode::Accept,
             ModeArg::TransientFailure => Mode::TransientFailure,
             ModeArg::DropConnections => Mode::DropConnections,
+            ModeArg::RefuseService => Mode::RefuseService,
         }
     }
 }

@@ -90,6 +90,13 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
     if state.mode() == Mode::DropConnections {
         return Ok(());
     }
+    if state.mode() == Mode::RefuseService {
+        writer
+            .write_all(b"554 5.7.1 mailtrail-smtp-capture refuses this client (policy)\r\n")
+            .await?;
+        writer.flush().await?;
+        return Ok(());
+    }
     writer.write_all(GREETING).await?;
     let mut transaction = Transaction::default();
     let mut line = Vec::with_capacity(1024);

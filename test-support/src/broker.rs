@@ -2,7 +2,7 @@
 
 use lapin::options::QueueDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
-use mailtrail_shared::topology::{QueueType, Topology};
+use mailtrail_shared::topology::{Queue, QueueType, Topology};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -92,6 +92,14 @@ impl TestBroker {
             .into_iter()
             .map(|q| q.name)
             .collect();
+        // The dispatcher's delay queues (retry tiers) for the delays tests use and the defaults:
+        // quorum queues, which must not pile up on the shared broker.
+        let topology = self.topology();
+        for queue in [Queue::Dispatching, Queue::DispatchingPriority] {
+            for delay in [1, 2, 3, 4, 5, 30, 120, 600, 3600, 14_400, 43_200] {
+                names.push(topology.retry_queue(queue, delay));
+            }
+        }
         let extra = self
             .extra_queues
             .lock()

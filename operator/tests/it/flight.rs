@@ -40,7 +40,7 @@ pub fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -
             ("MAILTRAIL_SMTP_URL", smtp.url()),
             ("MAILTRAIL_SMTP_TIMEOUT_MS", "3000".to_owned()),
             ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
-            ("MAILTRAIL_RETRY_DELAY_SECS", "1".to_owned()),
+            ("MAILTRAIL_RETRY_SCHEDULE", "1s".to_owned()),
             ("MAILTRAIL_MAX_ATTEMPTS", "60".to_owned()),
         ],
     )
@@ -162,7 +162,7 @@ async fn five_hundred_requests_are_sent_once_each_and_their_histories_say_so() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() {
+async fn smtp_trouble_defers_then_delivers_once_and_an_unknown_recipient_bounces() {
     let world = World::new().await;
     let smtp = SmtpCapture::start().await.expect("smtp server");
     smtp.set_mode(Mode::TransientFailure);
@@ -216,10 +216,11 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
         || async { (count_status(&world, "dispatched").await == good).then_some(()) },
     )
     .await;
+    // `550 5.1.1 … no such user`: the mailbox does not exist, a hard bounce.
     eventually(
-        "the refused recipient failed",
+        "the unknown recipient bounced",
         Duration::from_secs(30),
-        || async { (count_status(&world, "failed").await == 1).then_some(()) },
+        || async { (count_status(&world, "bounced").await == 1).then_some(()) },
     )
     .await;
     let seen = received(&smtp);
@@ -227,12 +228,14 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
     assert!(seen.values().all(|(times, _)| *times == 1), "{seen:?}");
     let failed = world
         .query(
-            "SELECT e.details->>'reason' FROM events e JOIN emails m ON m.id = e.email_id
-              WHERE e.event_type = 'failed' AND m.recipient_canonical = 'nobody@example.com'",
+            "SELECT e.details->>'reason', e.details->>'bounce_kind'
+               FROM events e JOIN emails m ON m.id = e.email_id
+              WHERE e.event_type = 'bounced' AND m.recipient_canonical = 'nobody@example.com'",
         )
         .await;
     let reason: String = failed[0].get(0);
     assert!(reason.contains("550"), "{reason}");
+    assert_eq!(failed[0].get::<_, String>(1), "hard");
     // Every email went deferred (one or more times), then dispatched or failed.
     for (email_id, (_, timeline)) in histories(&world).await {
         let types: Vec<&str> = timeline.split(',').collect();
@@ -247,7 +250,7 @@ async fn smtp_trouble_defers_then_delivers_once_and_a_refused_recipient_fails() 
             "{email_id} was deferred at least once: {timeline}"
         );
         assert!(
-            matches!(types.last(), Some(&"dispatched") | Some(&"failed")),
+            matches!(types.last(), Some(&"dispatched") | Some(&"bounced")),
             "{email_id}: {timeline}"
         );
     }

@@ -59,13 +59,16 @@ impl Item {
 
 impl ProviderEvent {
     /// The tracking event published for it. Its id is derived from the provider event's
-    /// identity, so a repeat maps to the same id and the operator records it once.
+    /// identity within the credential's tenant scope, so a repeat maps to the same id and the
+    /// operator records it once — and a tenant holding its own key cannot claim another
+    /// tenant's event ids (a standard sender chooses its own ids; any key holder can sign any
+    /// body).
     pub fn into_tracking(self, provider: &str, tenant: &str) -> TrackingEvent {
         TrackingEvent {
             version: TRACKING_EVENT_VERSION,
             event_id: Uuid::new_v5(
                 &mailtrail_shared::ids::NAMESPACE,
-                format!("webhook:{provider}:{}", self.provider_event_id).as_bytes(),
+                format!("webhook:{provider}:{tenant}:{}", self.provider_event_id).as_bytes(),
             ),
             email_id: self.mailtrail_id,
             tenant: tenant.to_owned(),
