@@ -1,13 +1,15 @@
 //! The dispatcher process: health endpoints, and a supervised broker session that consumes both
 //! dispatching queues (urgent first) with many jobs in flight, reconnecting with backoff.
 
+use crate::breaker::Breaker;
 use crate::config::DispatcherConfig;
 use crate::memory::JobMemory;
 use crate::providers::Provider;
 use crate::providers::smtp::SmtpProvider;
-use crate::routing::{Router, parse_tenant_providers};
+use crate::rate::{RateLimit, parse_rate_limits};
+use crate::routing::{Router, parse_failover, parse_tenant_providers};
 use crate::smtp::SmtpSender;
-use crate::worker::{Dispatcher, RetryPolicy};
+use crate::worker::{Dispatcher, ProviderState, RetryPolicy};
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -32,6 +34,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct DispatcherApp {
     config: DispatcherConfig,
     router: Arc<Router>,
+    rate_limits: Vec<(String, f64)>,
     memory: Arc<JobMemory>,
     listener: std::net::TcpListener,
 }
@@ -40,7 +43,11 @@ impl DispatcherApp {
     pub async fn build(config: DispatcherConfig) -> anyhow::Result<DispatcherApp> {
         let mut built: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         let tenant_providers = parse_tenant_providers(&config.tenant_providers)?;
-        for name in std::iter::once(&config.provider).chain(tenant_providers.iter().map(|t| &t.1)) {
+        let failover = parse_failover(&config.failover);
+        let names = std::iter::once(&config.provider)
+            .chain(tenant_providers.iter().map(|t| &t.1))
+            .chain(&failover);
+        for name in names {
             if !built.contains_key(name) {
                 built.insert(name.clone(), build_provider(name, &config).await?);
             }
@@ -49,6 +56,16 @@ impl DispatcherApp {
         for (tenant, name) in &tenant_providers {
             router = router.with_tenant(tenant, built[name].clone());
         }
+        for name in &failover {
+            router = router.with_failover(built[name].clone());
+        }
+        let rate_limits = parse_rate_limits(&config.rate_limits)?;
+        for (name, _) in &rate_limits {
+            anyhow::ensure!(
+                built.contains_key(name),
+                "MAILTRAIL_RATE_LIMITS names {name:?}, which is not a provider in use"
+            );
+        }
         let listener = mailtrail_runtime::bind_http(config.http_addr)?;
         Ok(DispatcherApp {
             memory: Arc::new(JobMemory::new(
@@ -56,6 +73,7 @@ impl DispatcherApp {
                 Duration::from_secs(config.outcome_memory_secs),
             )),
             router: Arc::new(router),
+            rate_limits,
             config,
             listener,
         })
@@ -69,23 +87,34 @@ impl DispatcherApp {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut readiness = Readiness::default();
         let broker_ready = readiness.track("broker");
-        // Each provider in use is a dependency too: down while it refuses us.
-        let provider_up: HashMap<&'static str, Arc<AtomicBool>> = self
+        // Each provider in use is a dependency too: down while its breaker is open. Breakers and
+        // rate limits outlive broker sessions.
+        let provider_states: HashMap<&'static str, ProviderState> = self
             .router
             .providers()
             .iter()
             .map(|p| {
-                let flag = readiness.track(p.name());
-                flag.store(true, Ordering::Relaxed);
-                (p.name(), flag)
+                let rate = self
+                    .rate_limits
+                    .iter()
+                    .find(|(name, _)| name == p.name())
+                    .map(|(_, per_second)| RateLimit::new(*per_second, std::time::Instant::now()));
+                let breaker = Breaker::new(
+                    self.config.breaker_failures,
+                    Duration::from_secs(self.config.breaker_probe_secs),
+                );
+                (
+                    p.name(),
+                    ProviderState::new(breaker, rate, readiness.track(p.name())),
+                )
             })
             .collect();
-        let provider_up = Arc::new(provider_up);
+        let provider_states = Arc::new(provider_states);
         let server = serve_health(self.listener.try_clone()?, readiness)?;
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
         supervise("dispatcher", &stop, || async {
-            let result = self.session(&stop, &broker_ready, &provider_up).await;
+            let result = self.session(&stop, &broker_ready, &provider_states).await;
             broker_ready.store(false, Ordering::Relaxed);
             result
         })
@@ -100,7 +129,7 @@ impl DispatcherApp {
         &self,
         stop: &CancellationToken,
         broker_ready: &Arc<AtomicBool>,
-        provider_up: &Arc<HashMap<&'static str, Arc<AtomicBool>>>,
+        provider_states: &Arc<HashMap<&'static str, ProviderState>>,
     ) -> anyhow::Result<()> {
         let topology = self.config.broker.topology();
         let connection = connect(&self.config.broker.settings("dispatcher")).await?;
@@ -122,7 +151,7 @@ impl DispatcherApp {
                     max_attempts: self.config.max_attempts,
                     max_age: self.config.retry_max_age,
                 },
-                provider_up: provider_up.clone(),
+                provider_states: provider_states.clone(),
             });
             // Both consumers share one channel and its prefetch: the concurrency bound.
             let channel = connection.create_channel().await?;
@@ -241,6 +270,8 @@ async fn build_provider(
     name: &str,
     config: &DispatcherConfig,
 ) -> anyhow::Result<Arc<dyn Provider>> {
+    use crate::providers::{mailgun, postmark, resend, sendgrid, ses};
+    let timeout = Duration::from_millis(config.http_provider_timeout_ms);
     match name {
         crate::providers::smtp::NAME => {
             let sender = SmtpSender::new(
@@ -255,9 +286,62 @@ async fn build_provider(
                 hello_name: config.smtp_hello_name.clone(),
             }))
         }
+        "mailgun" => Ok(Arc::new(mailgun::Mailgun::new(mailgun::MailgunSettings {
+            base_url: config.mailgun_base_url.clone(),
+            domain: required(&config.mailgun_domain, "MAILTRAIL_MAILGUN_DOMAIN")?,
+            api_key: required(&config.mailgun_api_key, "MAILTRAIL_MAILGUN_API_KEY")?.into(),
+            timeout,
+        })?)),
+        "sendgrid" => Ok(Arc::new(sendgrid::SendGrid::new(
+            sendgrid::SendGridSettings {
+                base_url: config.sendgrid_base_url.clone(),
+                api_key: required(&config.sendgrid_api_key, "MAILTRAIL_SENDGRID_API_KEY")?.into(),
+                timeout,
+            },
+        )?)),
+        "postmark" => Ok(Arc::new(postmark::Postmark::new(
+            postmark::PostmarkSettings {
+                base_url: config.postmark_base_url.clone(),
+                server_token: required(
+                    &config.postmark_server_token,
+                    "MAILTRAIL_POSTMARK_SERVER_TOKEN",
+                )?
+                .into(),
+                message_stream: Some(config.postmark_message_stream.clone()),
+                timeout,
+            },
+        )?)),
+        "resend" => Ok(Arc::new(resend::Resend::new(resend::ResendSettings {
+            base_url: config.resend_base_url.clone(),
+            api_key: required(&config.resend_api_key, "MAILTRAIL_RESEND_API_KEY")?.into(),
+            timeout,
+        })?)),
+        "ses" => Ok(Arc::new(ses::Ses::new(ses::SesSettings {
+            base_url: config.ses_base_url.clone(),
+            region: config.ses_region.clone(),
+            access_key_id: required(&config.ses_access_key_id, "MAILTRAIL_SES_ACCESS_KEY_ID")?,
+            secret_access_key: required(
+                &config.ses_secret_access_key,
+                "MAILTRAIL_SES_SECRET_ACCESS_KEY",
+            )?
+            .into(),
+            session_token: config.ses_session_token.clone().map(Into::into),
+            configuration_set: config.ses_configuration_set.clone(),
+            timeout,
+        })?)),
         other => anyhow::bail!(
-            "unknown provider {other:?} (MAILTRAIL_PROVIDER / MAILTRAIL_TENANT_PROVIDERS): use \
-             smtp, mailgun, sendgrid, postmark, resend or ses"
+            "unknown provider {other:?} (MAILTRAIL_PROVIDER / MAILTRAIL_TENANT_PROVIDERS / \
+             MAILTRAIL_FAILOVER): use smtp, mailgun, sendgrid, postmark, resend or ses"
         ),
     }
+}
+
+/// A setting the chosen provider cannot do without.
+fn required(value: &Option<String>, variable: &str) -> anyhow::Result<String> {
+    value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("{variable} is required for this provider; set it"))
 }

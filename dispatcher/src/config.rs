@@ -73,6 +73,101 @@ pub struct DispatcherConfig {
     #[arg(long, env = "MAILTRAIL_TENANT_PROVIDERS", default_value = "")]
     pub tenant_providers: String,
 
+    /// Providers to use, in order, while the chosen one is down (its breaker open), e.g.
+    /// `sendgrid,smtp`. Empty: mail for a provider that is down waits for it.
+    #[arg(long, env = "MAILTRAIL_FAILOVER", default_value = "")]
+    pub failover: String,
+
+    /// Transient failures in a row after which a provider is marked down (its breaker opens);
+    /// a provider that refuses us (bad key, suspended account) is marked down at once.
+    #[arg(long, env = "MAILTRAIL_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+
+    /// While a provider is down, how often one job is sent to it as a probe, in seconds.
+    #[arg(long, env = "MAILTRAIL_BREAKER_PROBE_SECS", default_value_t = 10)]
+    pub breaker_probe_secs: u64,
+
+    /// Deadline of one HTTP provider request, in milliseconds; a miss is a deferral.
+    #[arg(
+        long,
+        env = "MAILTRAIL_HTTP_PROVIDER_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub http_provider_timeout_ms: u64,
+
+    /// Mailgun: the API key (HTTP Basic `api:<key>`).
+    #[arg(long, env = "MAILTRAIL_MAILGUN_API_KEY", hide_env_values = true)]
+    pub mailgun_api_key: Option<String>,
+
+    /// Mailgun: the sending domain (`/v3/<domain>/messages`).
+    #[arg(long, env = "MAILTRAIL_MAILGUN_DOMAIN")]
+    pub mailgun_domain: Option<String>,
+
+    /// Mailgun: the API base URL (EU: `https://api.eu.mailgun.net`).
+    #[arg(long, env = "MAILTRAIL_MAILGUN_BASE_URL", default_value = crate::providers::mailgun::DEFAULT_BASE_URL)]
+    pub mailgun_base_url: String,
+
+    /// SendGrid: the API key (needs the `mail.send` scope).
+    #[arg(long, env = "MAILTRAIL_SENDGRID_API_KEY", hide_env_values = true)]
+    pub sendgrid_api_key: Option<String>,
+
+    /// SendGrid: the API base URL (EU subusers: `https://api.eu.sendgrid.com`).
+    #[arg(long, env = "MAILTRAIL_SENDGRID_BASE_URL", default_value = crate::providers::sendgrid::DEFAULT_BASE_URL)]
+    pub sendgrid_base_url: String,
+
+    /// Postmark: the server token.
+    #[arg(long, env = "MAILTRAIL_POSTMARK_SERVER_TOKEN", hide_env_values = true)]
+    pub postmark_server_token: Option<String>,
+
+    /// Postmark: the message stream.
+    #[arg(
+        long,
+        env = "MAILTRAIL_POSTMARK_MESSAGE_STREAM",
+        default_value = "outbound"
+    )]
+    pub postmark_message_stream: String,
+
+    /// Postmark: the API base URL.
+    #[arg(long, env = "MAILTRAIL_POSTMARK_BASE_URL", default_value = crate::providers::postmark::DEFAULT_BASE_URL)]
+    pub postmark_base_url: String,
+
+    /// Resend: the API key (`re_…`).
+    #[arg(long, env = "MAILTRAIL_RESEND_API_KEY", hide_env_values = true)]
+    pub resend_api_key: Option<String>,
+
+    /// Resend: the API base URL.
+    #[arg(long, env = "MAILTRAIL_RESEND_BASE_URL", default_value = crate::providers::resend::DEFAULT_BASE_URL)]
+    pub resend_base_url: String,
+
+    /// Amazon SES v2: the region.
+    #[arg(long, env = "MAILTRAIL_SES_REGION", default_value = "us-east-1")]
+    pub ses_region: String,
+
+    /// Amazon SES v2: the access key id.
+    #[arg(long, env = "MAILTRAIL_SES_ACCESS_KEY_ID")]
+    pub ses_access_key_id: Option<String>,
+
+    /// Amazon SES v2: the secret access key.
+    #[arg(long, env = "MAILTRAIL_SES_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub ses_secret_access_key: Option<String>,
+
+    /// Amazon SES v2: a session token, for temporary credentials.
+    #[arg(long, env = "MAILTRAIL_SES_SESSION_TOKEN", hide_env_values = true)]
+    pub ses_session_token: Option<String>,
+
+    /// Amazon SES v2: the configuration set (it is what publishes events to SNS).
+    #[arg(long, env = "MAILTRAIL_SES_CONFIGURATION_SET")]
+    pub ses_configuration_set: Option<String>,
+
+    /// Amazon SES v2: the API base URL (default `https://email.<region>.amazonaws.com`).
+    #[arg(long, env = "MAILTRAIL_SES_BASE_URL")]
+    pub ses_base_url: Option<String>,
+
+    /// Most messages per second per provider, per dispatcher process, as
+    /// `<provider>=<rate>,…` (e.g. `mailgun=100`). Unlisted providers are not limited.
+    #[arg(long, env = "MAILTRAIL_RATE_LIMITS", default_value = "")]
+    pub rate_limits: String,
+
     /// Job outcomes remembered for redeliveries (count).
     #[arg(long, env = "MAILTRAIL_OUTCOME_MEMORY", default_value_t = 100_000)]
     pub outcome_memory: usize,

@@ -7,11 +7,13 @@
 //! * [`app::DispatcherApp`] — the process: consume loop, reconnects, health, graceful stop.
 
 pub mod app;
+pub mod breaker;
 pub mod config;
 pub mod memory;
 pub mod message;
 pub mod outcome;
 pub mod providers;
+pub mod rate;
 pub mod routing;
 pub mod smtp;
 pub mod worker;

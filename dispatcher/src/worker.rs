@@ -1,10 +1,13 @@
 //! The dispatch step: one job delivery in, its outcome sent and reported out. Separate from the
 //! consume loop so tests can drive it.
 
+use crate::breaker::{Admit, Breaker, Change};
 use crate::config::Schedule;
 use crate::memory::{Begin, JobMemory, wait_for};
 use crate::outcome::{Outcome, OutcomeKind};
 use crate::providers::SendError;
+use crate::providers::{Provider, Sent};
+use crate::rate::RateLimit;
 use crate::routing::Router;
 use chrono::Utc;
 use lapin::types::{AMQPValue, FieldTable};
@@ -16,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 pub const SERVICE: &str = "dispatcher";
 
@@ -44,9 +48,23 @@ pub struct Dispatcher {
     pub topology: Topology,
     pub memory: Arc<JobMemory>,
     pub retry: RetryPolicy,
-    /// Per provider name: is it answering (false after the provider or our account was at
-    /// fault, true again after a success)? Exposed on `/readyz`.
-    pub provider_up: Arc<HashMap<&'static str, Arc<AtomicBool>>>,
+    /// Per provider name: its breaker, rate limit and readiness flag.
+    pub provider_states: Arc<HashMap<&'static str, ProviderState>>,
+}
+
+/// What the dispatcher keeps about one provider.
+pub struct ProviderState {
+    pub breaker: Breaker,
+    pub rate: Option<RateLimit>,
+    /// False while the breaker is open; exposed on `/readyz`.
+    pub up: Arc<AtomicBool>,
+}
+
+impl ProviderState {
+    pub fn new(breaker: Breaker, rate: Option<RateLimit>, up: Arc<AtomicBool>) -> ProviderState {
+        up.store(true, Ordering::Relaxed);
+        ProviderState { breaker, rate, up }
+    }
 }
 
 impl Dispatcher {
@@ -97,14 +115,112 @@ impl Dispatcher {
         })
     }
 
+    /// Sends through the tenant's provider, or — while its breaker is open — the first
+    /// failover provider that takes mail; when every one is down, the job waits without calling
+    /// any (a probe excepted) and without spending an attempt.
     async fn attempt(&self, job: &DispatchJob) -> Outcome {
-        let provider = self.router.for_tenant(&job.tenant);
-        let name = provider.name();
-        let result = provider.send(job).await;
-        self.note_provider(name, &result);
-        let too_old = job.first_attempt_at.is_some_and(|first| {
+        let chain = self.router.chain_for(&job.tenant);
+        let routed = chain[0].name();
+        for provider in chain {
+            let name = provider.name();
+            let admitted = self
+                .provider_states
+                .get(name)
+                .map_or(Admit::Send, |state| state.breaker.admit(Instant::now()));
+            if admitted == Admit::Wait {
+                continue;
+            }
+            if admitted == Admit::Probe {
+                tracing::info!(provider = name, "probing a provider marked down");
+            }
+            let result = self.send_through(provider.as_ref(), job).await;
+            return self.classify(job, name, result);
+        }
+        let reason = format!(
+            "{routed} is down (its breaker is open) and no failover provider takes mail; waiting"
+        );
+        let kind = if self.too_old(job) {
+            OutcomeKind::Failed {
+                reason: self.too_old_reason(&reason),
+                exhausted: true,
+            }
+        } else {
+            OutcomeKind::Deferred {
+                reason,
+                provider_down: true,
+            }
+        };
+        Outcome::new(kind, routed)
+    }
+
+    fn too_old(&self, job: &DispatchJob) -> bool {
+        job.first_attempt_at.is_some_and(|first| {
             (Utc::now() - first).to_std().unwrap_or_default() > self.retry.max_age
-        });
+        })
+    }
+
+    fn too_old_reason(&self, last: &str) -> String {
+        format!(
+            "gave up: older than {} s (MAILTRAIL_RETRY_MAX_AGE); last: {last}",
+            self.retry.max_age.as_secs()
+        )
+    }
+
+    async fn send_through(
+        &self,
+        provider: &dyn Provider,
+        job: &DispatchJob,
+    ) -> Result<Sent, SendError> {
+        let state = self.provider_states.get(provider.name());
+        if let Some(rate) = state.and_then(|s| s.rate.as_ref()) {
+            rate.take().await;
+        }
+        let result = provider.send(job).await;
+        if let Some(state) = state {
+            let change = state
+                .breaker
+                .record(&result.as_ref().map(|_| ()), Instant::now());
+            match change {
+                Change::Opened => {
+                    state.up.store(false, Ordering::Relaxed);
+                    let reason = result
+                        .as_ref()
+                        .err()
+                        .map(SendError::reason)
+                        .unwrap_or_default();
+                    if matches!(result, Err(SendError::ProviderDown(_))) {
+                        tracing::error!(
+                            provider = provider.name(),
+                            reason,
+                            "the provider refuses us (bad or revoked key, suspended account, \
+                             authentication): marked down; mail waits or fails over until it is \
+                             fixed"
+                        );
+                    } else {
+                        tracing::error!(
+                            provider = provider.name(),
+                            reason,
+                            "the provider keeps failing: marked down; it gets only probes now"
+                        );
+                    }
+                }
+                Change::Closed => {
+                    state.up.store(true, Ordering::Relaxed);
+                    tracing::info!(provider = provider.name(), "the provider takes mail again");
+                }
+                Change::None => {}
+            }
+        }
+        result
+    }
+
+    fn classify(
+        &self,
+        job: &DispatchJob,
+        name: &'static str,
+        result: Result<Sent, SendError>,
+    ) -> Outcome {
+        let too_old = self.too_old(job);
         let kind = match result {
             Ok(sent) => OutcomeKind::Dispatched {
                 reply: sent.reply,
@@ -119,11 +235,7 @@ impl Dispatcher {
                 exhausted: false,
             },
             Err(error) if too_old => OutcomeKind::Failed {
-                reason: format!(
-                    "gave up: older than {} s (MAILTRAIL_RETRY_MAX_AGE); last: {}",
-                    self.retry.max_age.as_secs(),
-                    error.reason()
-                ),
+                reason: self.too_old_reason(error.reason()),
                 exhausted: true,
             },
             Err(SendError::ProviderDown(reason)) => OutcomeKind::Deferred {
@@ -147,34 +259,6 @@ impl Dispatcher {
             },
         };
         Outcome::new(kind, name)
-    }
-
-    fn note_provider(
-        &self,
-        name: &'static str,
-        result: &Result<crate::providers::Sent, SendError>,
-    ) {
-        let Some(up) = self.provider_up.get(name) else {
-            return;
-        };
-        match result {
-            Err(SendError::ProviderDown(reason)) => {
-                if up.swap(false, Ordering::Relaxed) {
-                    tracing::error!(
-                        provider = name,
-                        reason,
-                        "the provider refuses us (bad or revoked key, suspended account, \
-                         authentication): mail waits and is retried until it is fixed"
-                    );
-                }
-            }
-            Ok(_) | Err(SendError::Rejected { .. }) => {
-                if !up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(provider = name, "the provider takes mail again");
-                }
-            }
-            Err(SendError::Transient(_)) => {}
-        }
     }
 
     /// The wait before the next attempt of a deferred `job`: the tier of its counted attempts;

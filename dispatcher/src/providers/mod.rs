@@ -3,6 +3,12 @@
 //! provider's message id for the `dispatched` event, and classifies every failure into one of
 //! three kinds that decide what happens to the job (README, "Failure table").
 
+pub mod http;
+pub mod mailgun;
+pub mod postmark;
+pub mod resend;
+pub mod sendgrid;
+pub mod ses;
 pub mod smtp;
 
 use mailtrail_shared::dispatch::DispatchJob;
