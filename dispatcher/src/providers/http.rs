@@ -241,6 +241,54 @@ impl Class {
 }
 
 /// True for statuses that mean the provider took the message.
+/// A provider's answer: status, headers and (bounded) body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        is_success(self.status)
+    }
+
+    /// A header's value, trimmed, when present and not empty.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    }
+}
+
+/// Sends `request` and reads the answer. A transport failure is transient; once the provider
+/// answered 2xx it took the message, so an unreadable body then reads as empty — it must never
+/// make us send the message again.
+pub async fn exchange(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<Answer, SendError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = if is_success(status) {
+        read_body(provider, response).await.unwrap_or_default()
+    } else {
+        read_body(provider, response).await?
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
 pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }

@@ -81,22 +81,18 @@ impl Mailgun {
 
     async fn send_job(&self, job: &DispatchJob) -> Result<Sent, SendError> {
         let form = form(fields(job)?);
-        let response = self
-            .client
-            .post(self.url.clone())
-            .basic_auth("api", Some(self.api_key.expose_secret()))
-            .multipart(form)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        let status = response.status().as_u16();
-        if http::is_success(status) {
-            // Mailgun took the message: an unreadable answer must not make us send it again.
-            let body = http::read_body(NAME, response).await.unwrap_or_default();
-            return Ok(sent(status, &body));
+        let answer = http::exchange(
+            NAME,
+            self.client
+                .post(self.url.clone())
+                .basic_auth("api", Some(self.api_key.expose_secret()))
+                .multipart(form),
+        )
+        .await?;
+        if answer.is_success() {
+            return Ok(sent(answer.status, &answer.body));
         }
-        let body = http::read_body(NAME, response).await?;
-        Err(classify(status, &body))
+        Err(classify(answer.status, &answer.body))
     }
 }
 

@@ -98,23 +98,19 @@ impl Postmark {
     }
 
     async fn send_job(&self, job: &DispatchJob) -> Result<Sent, SendError> {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .header("X-Postmark-Server-Token", self.server_token.expose_secret())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .json(&body(job, &self.message_stream))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        let status = response.status().as_u16();
-        if http::is_success(status) {
-            // Postmark answered 2xx: an unreadable body must not make us send it again.
-            let body = http::read_body(NAME, response).await.unwrap_or_default();
-            return success(status, &body);
+        let answer = http::exchange(
+            NAME,
+            self.client
+                .post(self.url.clone())
+                .header("X-Postmark-Server-Token", self.server_token.expose_secret())
+                .header(reqwest::header::ACCEPT, "application/json")
+                .json(&body(job, &self.message_stream)),
+        )
+        .await?;
+        if answer.is_success() {
+            return success(answer.status, &answer.body);
         }
-        let body = http::read_body(NAME, response).await?;
-        Err(classify(status, &body))
+        Err(classify(answer.status, &answer.body))
     }
 }
 

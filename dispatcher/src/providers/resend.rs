@@ -85,23 +85,19 @@ impl Resend {
     }
 
     async fn send_job(&self, job: &DispatchJob) -> Result<Sent, SendError> {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .bearer_auth(self.api_key.expose_secret())
-            .header("Idempotency-Key", job.job_id.to_string())
-            .json(&body(job))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        let status = response.status().as_u16();
-        if http::is_success(status) {
-            // Resend took the message: an unreadable answer must not make us send it again.
-            let body = http::read_body(NAME, response).await.unwrap_or_default();
-            return Ok(sent(status, &body));
+        let answer = http::exchange(
+            NAME,
+            self.client
+                .post(self.url.clone())
+                .bearer_auth(self.api_key.expose_secret())
+                .header("Idempotency-Key", job.job_id.to_string())
+                .json(&body(job)),
+        )
+        .await?;
+        if answer.is_success() {
+            return Ok(sent(answer.status, &answer.body));
         }
-        let body = http::read_body(NAME, response).await?;
-        Err(classify(status, &body))
+        Err(classify(answer.status, &answer.body))
     }
 }
 

@@ -71,30 +71,21 @@ impl SendGrid {
     }
 
     async fn send_job(&self, job: &DispatchJob) -> Result<Sent, SendError> {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .bearer_auth(self.api_key.expose_secret())
-            .json(&body(job))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        let status = response.status().as_u16();
-        if http::is_success(status) {
-            let id = response
-                .headers()
-                .get("x-message-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned);
+        let answer = http::exchange(
+            NAME,
+            self.client
+                .post(self.url.clone())
+                .bearer_auth(self.api_key.expose_secret())
+                .json(&body(job)),
+        )
+        .await?;
+        if answer.is_success() {
             return Ok(Sent {
-                provider_message_id: id,
-                reply: http::reply(status, None),
+                provider_message_id: answer.header("x-message-id"),
+                reply: http::reply(answer.status, None),
             });
         }
-        let body = http::read_body(NAME, response).await?;
-        Err(classify(status, &body))
+        Err(classify(answer.status, &answer.body))
     }
 }
 

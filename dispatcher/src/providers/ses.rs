@@ -186,24 +186,12 @@ impl Ses {
         for (name, value) in self.signature(&body, SystemTime::now())? {
             request = request.header(name, value);
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(NAME, e))?;
-        let status = response.status().as_u16();
-        if http::is_success(status) {
-            // SES took the message: an unreadable answer must not make us send it again.
-            let body = http::read_body(NAME, response).await.unwrap_or_default();
-            return Ok(sent(status, &body));
+        let answer = http::exchange(NAME, request.body(body)).await?;
+        if answer.is_success() {
+            return Ok(sent(answer.status, &answer.body));
         }
-        let error_type = response
-            .headers()
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = http::read_body(NAME, response).await?;
-        Err(classify(status, error_type.as_deref(), &body))
+        let error_type = answer.header("x-amzn-errortype");
+        Err(classify(answer.status, error_type.as_deref(), &answer.body))
     }
 }
 
