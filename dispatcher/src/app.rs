@@ -274,13 +274,8 @@ async fn build_provider(
     let timeout = Duration::from_millis(config.http_provider_timeout_ms);
     match name {
         crate::providers::smtp::NAME => {
-            let sender = SmtpSender::new(
-                &config.smtp_url,
-                &config.smtp_hello_name,
-                config.smtp_connections,
-                config.smtp_timeout(),
-            )
-            .await?;
+            let sender =
+                SmtpSender::with_settings(crate::smtp::SmtpSettings::from_config(config)).await?;
             Ok(Arc::new(SmtpProvider {
                 sender,
                 hello_name: config.smtp_hello_name.clone(),

@@ -14,8 +14,9 @@ pub struct DispatcherConfig {
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8082")]
     pub http_addr: SocketAddr,
 
-    /// Where to send mail: smtp://host:port (plain SMTP; TLS and AUTH come with the provider
-    /// issue).
+    /// Where to send mail: `smtp://host[:port]` (port 25; STARTTLS per MAILTRAIL_SMTP_STARTTLS)
+    /// or `smtps://host[:port]` (TLS from the first byte, port 465). No credentials in the URL:
+    /// see MAILTRAIL_SMTP_USERNAME.
     #[arg(
         long,
         env = "MAILTRAIL_SMTP_URL",
@@ -34,6 +35,47 @@ pub struct DispatcherConfig {
     /// The name the dispatcher gives itself in EHLO.
     #[arg(long, env = "MAILTRAIL_SMTP_HELLO_NAME", default_value = "localhost")]
     pub smtp_hello_name: String,
+
+    /// STARTTLS on smtp:// URLs: `opportunistic` (upgrade when the server offers it), `required`
+    /// (never send in clear: a server without STARTTLS counts as down, mail waits) or `off`.
+    /// Certificates are always verified. Ignored for smtps://.
+    #[arg(
+        long,
+        env = "MAILTRAIL_SMTP_STARTTLS",
+        value_enum,
+        default_value_t = crate::smtp::StartTls::Opportunistic
+    )]
+    pub smtp_starttls: crate::smtp::StartTls,
+
+    /// SMTP AUTH user (PLAIN or LOGIN, whichever the server offers; only over TLS unless
+    /// MAILTRAIL_SMTP_ALLOW_CLEARTEXT_AUTH). Unset: no AUTH.
+    #[arg(long, env = "MAILTRAIL_SMTP_USERNAME", hide_env_values = true)]
+    pub smtp_username: Option<String>,
+
+    /// SMTP AUTH password (with MAILTRAIL_SMTP_USERNAME; never logged). A refused login (535)
+    /// marks the provider down: mail waits until it is fixed.
+    #[arg(
+        long,
+        env = "MAILTRAIL_SMTP_PASSWORD",
+        hide_env_values = true,
+        value_parser = crate::smtp::parse_password
+    )]
+    pub smtp_password: Option<secrecy::SecretString>,
+
+    /// Allow SMTP AUTH on a connection that is not encrypted (only for a relay on a trusted
+    /// network).
+    #[arg(
+        long,
+        env = "MAILTRAIL_SMTP_ALLOW_CLEARTEXT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub smtp_allow_cleartext_auth: bool,
+
+    /// A PEM bundle of CA certificates trusted for the SMTP server besides the built-in
+    /// (Mozilla) roots, e.g. a private relay's CA.
+    #[arg(long, env = "MAILTRAIL_SMTP_TLS_CA_FILE")]
+    pub smtp_tls_ca_file: Option<std::path::PathBuf>,
 
     /// Dispatch jobs in hand at once (the AMQP prefetch of the dispatching consumers).
     #[arg(long, env = "MAILTRAIL_DISPATCH_CONCURRENCY", default_value_t = 64)]

@@ -7,14 +7,18 @@
 //! [`SmtpCapture::reject_recipient`]. The `smtp-capture` binary runs the same server on its own
 //! and logs one line per accepted message.
 //!
-//! It speaks plain SMTP/ESMTP (no TLS, no AUTH): EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT,
-//! with PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES and SIZE. Each connection is one
-//! tokio task; messages are kept in memory (or only counted, see
-//! [`SmtpCapture::set_keep_messages`]). Dropping the [`SmtpCapture`] stops the server and closes
-//! its connections.
+//! It speaks SMTP/ESMTP: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with PIPELINING,
+//! 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES and SIZE. Off by default, for tests of clients' security
+//! settings: STARTTLS ([`SmtpCapture::enable_starttls`]), implicit TLS from the first byte
+//! ([`SmtpCapture::start_tls`], `smtps://`) and AUTH PLAIN/LOGIN with one required account
+//! ([`SmtpCapture::require_auth`]); each [`ReceivedMessage`] tells whether it came over TLS and
+//! under which login. Each connection is one tokio task; messages are kept in memory (or only
+//! counted, see [`SmtpCapture::set_keep_messages`]). Dropping the [`SmtpCapture`] stops the server
+//! and closes its connections.
 
 mod message;
 mod session;
+mod tls;
 
 pub use message::ReceivedMessage;
 
@@ -28,6 +32,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls::ServerConfig;
 
 /// The largest message the server accepts (advertised as `SIZE`).
 pub const MAX_MESSAGE_SIZE: usize = 52_428_800;
@@ -79,6 +84,25 @@ pub(crate) struct State {
     rejected: RwLock<HashSet<String>>,
     connections: AtomicUsize,
     hook: RwLock<Option<MessageHook>>,
+    /// Set while [`State::credentials`] holds the one account AUTH accepts (checked first, so
+    /// the default plain server takes no lock for it).
+    auth_required: AtomicBool,
+    credentials: RwLock<Option<Credentials>>,
+    /// Set while [`State::starttls`] holds the certificate STARTTLS upgrades with.
+    starttls_enabled: AtomicBool,
+    starttls: RwLock<Option<Arc<ServerConfig>>>,
+    /// Every connection starts with a TLS handshake (`smtps://`).
+    implicit_tls: Option<Arc<ServerConfig>>,
+    tls_handshakes: AtomicUsize,
+    auth_successes: AtomicUsize,
+    auth_failures: AtomicUsize,
+}
+
+/// The one account AUTH accepts.
+#[derive(Clone)]
+pub(crate) struct Credentials {
+    pub(crate) user: String,
+    pub(crate) password: String,
 }
 
 impl State {
@@ -92,6 +116,54 @@ impl State {
             .read()
             .expect("rejected-recipient lock poisoned");
         !rejected.is_empty() && rejected.contains(&address.to_lowercase())
+    }
+
+    /// The account AUTH accepts, when AUTH is required.
+    pub(crate) fn credentials(&self) -> Option<Credentials> {
+        if !self.auth_required.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.credentials
+            .read()
+            .expect("credentials lock poisoned")
+            .clone()
+    }
+
+    /// Whether MAIL FROM needs a successful AUTH first.
+    pub(crate) fn auth_required(&self) -> bool {
+        self.auth_required.load(Ordering::Relaxed)
+    }
+
+    /// The certificate STARTTLS upgrades with, when STARTTLS is offered.
+    pub(crate) fn starttls(&self) -> Option<Arc<ServerConfig>> {
+        if !self.starttls_enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.starttls
+            .read()
+            .expect("starttls lock poisoned")
+            .clone()
+    }
+
+    /// Whether EHLO must be built (STARTTLS or AUTH to advertise) rather than the fixed reply.
+    pub(crate) fn extended(&self) -> bool {
+        self.auth_required.load(Ordering::Relaxed) || self.starttls_enabled.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn implicit_tls(&self) -> Option<Arc<ServerConfig>> {
+        self.implicit_tls.clone()
+    }
+
+    pub(crate) fn count_tls_handshake(&self) {
+        self.tls_handshakes.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn count_auth(&self, success: bool) {
+        if success {
+            self.auth_successes.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.auth_failures.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Whether a finished message must be built at all (kept, or handed to a hook).
@@ -138,6 +210,38 @@ impl SmtpCapture {
 
     /// Listens on the given address.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<SmtpCapture> {
+        Self::listen(addr, None).await
+    }
+
+    /// Listens on 127.0.0.1 with an ephemeral port for implicit TLS (`smtps://`, as on port 465):
+    /// every connection starts with a TLS handshake presenting `cert_pem` (the chain, leaf
+    /// first) and `key_pem` (PKCS#8, PKCS#1 or SEC1), then the SMTP greeting.
+    pub async fn start_tls(
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> anyhow::Result<SmtpCapture> {
+        Self::start_tls_on(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            cert_pem,
+            key_pem,
+        )
+        .await
+    }
+
+    /// [`SmtpCapture::start_tls`] on the given address.
+    pub async fn start_tls_on(
+        addr: SocketAddr,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> anyhow::Result<SmtpCapture> {
+        let config = tls::server_config(cert_pem.as_ref(), key_pem.as_ref())?;
+        Self::listen(addr, Some(config)).await
+    }
+
+    async fn listen(
+        addr: SocketAddr,
+        implicit_tls: Option<Arc<ServerConfig>>,
+    ) -> anyhow::Result<SmtpCapture> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
@@ -153,6 +257,14 @@ impl SmtpCapture {
             rejected: RwLock::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             hook: RwLock::new(None),
+            auth_required: AtomicBool::new(false),
+            credentials: RwLock::new(None),
+            starttls_enabled: AtomicBool::new(false),
+            starttls: RwLock::new(None),
+            implicit_tls,
+            tls_handshakes: AtomicUsize::new(0),
+            auth_successes: AtomicUsize::new(0),
+            auth_failures: AtomicUsize::new(0),
         });
         let server = tokio::spawn(serve(listener, state.clone()));
         Ok(SmtpCapture {
@@ -173,14 +285,19 @@ impl SmtpCapture {
     }
 
     /// `smtp://127.0.0.1:<port>` (the address clients should use; a wildcard listen address is
-    /// given as the loopback address of its family).
+    /// given as the loopback address of its family); `smtps://…` for an implicit-TLS server.
     pub fn url(&self) -> String {
         let ip = match self.addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("smtp://{}", SocketAddr::new(ip, self.addr.port()))
+        let scheme = if self.state.implicit_tls.is_some() {
+            "smtps"
+        } else {
+            "smtp"
+        };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.addr.port()))
     }
 
     /// Every message accepted so far (after the final "." got 250), in arrival order. Empty
@@ -224,6 +341,62 @@ impl SmtpCapture {
         self.state.keep_messages.store(keep, Ordering::SeqCst);
     }
 
+    /// Requires AUTH (PLAIN or LOGIN, both advertised in EHLO, with or without TLS) as `user`
+    /// with `password` before MAIL FROM: success gets `235 2.7.0`, anything else `535 5.7.8
+    /// Authentication credentials invalid`, and MAIL FROM without it `530 5.7.0 Authentication
+    /// required`. Calling it again replaces the account (for connections authenticating from then
+    /// on).
+    pub fn require_auth(&self, user: &str, password: &str) {
+        *self
+            .state
+            .credentials
+            .write()
+            .expect("credentials lock poisoned") = Some(Credentials {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        });
+        self.state.auth_required.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops requiring (and advertising) AUTH.
+    pub fn disable_auth(&self) {
+        self.state.auth_required.store(false, Ordering::SeqCst);
+    }
+
+    /// Offers STARTTLS (advertised in EHLO on plain connections) with the certificate chain
+    /// `cert_pem` (leaf first) and its private key `key_pem`. After the upgrade the client must
+    /// EHLO again, and any earlier AUTH is forgotten (RFC 3207).
+    pub fn enable_starttls(
+        &self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> anyhow::Result<()> {
+        let config = tls::server_config(cert_pem.as_ref(), key_pem.as_ref())?;
+        *self.state.starttls.write().expect("starttls lock poisoned") = Some(config);
+        self.state.starttls_enabled.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stops offering STARTTLS to new EHLOs.
+    pub fn disable_starttls(&self) {
+        self.state.starttls_enabled.store(false, Ordering::SeqCst);
+    }
+
+    /// TLS handshakes completed so far (STARTTLS upgrades and implicit-TLS connections).
+    pub fn tls_handshake_count(&self) -> usize {
+        self.state.tls_handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Successful AUTH exchanges so far.
+    pub fn auth_success_count(&self) -> usize {
+        self.state.auth_successes.load(Ordering::SeqCst)
+    }
+
+    /// Failed AUTH exchanges (answered 535) so far.
+    pub fn auth_failure_count(&self) -> usize {
+        self.state.auth_failures.load(Ordering::SeqCst)
+    }
+
     /// Calls `hook` for every accepted message, on the connection's task, before the 250 reply
     /// is sent (the binary logs through it). Keep it quick. Replaces any earlier hook.
     pub fn on_message(&self, hook: impl Fn(&ReceivedMessage) + Send + Sync + 'static) {
@@ -263,6 +436,12 @@ impl std::fmt::Debug for SmtpCapture {
             .field("mode", &self.state.mode())
             .field("message_count", &self.message_count())
             .field("connection_count", &self.connection_count())
+            .field("implicit_tls", &self.state.implicit_tls.is_some())
+            .field(
+                "starttls",
+                &self.state.starttls_enabled.load(Ordering::Relaxed),
+            )
+            .field("auth_required", &self.state.auth_required())
             .finish_non_exhaustive()
     }
 }

@@ -3,6 +3,9 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 
 use clap::{Parser, ValueEnum};
 use mailtrail_smtp_capture::{Mode, SmtpCapture};
@@ -28,6 +31,25 @@ struct Args {
     /// connection.
     #[arg(long, env = "MAILTRAIL_SMTP_CAPTURE_MODE", value_enum, default_value_t = ModeArg::Accept)]
     mode: ModeArg,
+    /// Require AUTH (PLAIN or LOGIN) as `user:password` before MAIL FROM (535 for other
+    /// credentials, 530 without AUTH).
+    #[arg(long, env = "MAILTRAIL_SMTP_CAPTURE_AUTH", hide_env_values = true)]
+    auth: Option<String>,
+    /// A PEM certificate chain (leaf first): offer STARTTLS with it (needs --tls-key).
+    #[arg(long, env = "MAILTRAIL_SMTP_CAPTURE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "MAILTRAIL_SMTP_CAPTURE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// With --tls-cert: TLS from the first byte (smtps://, as on port 465) instead of STARTTLS.
+    #[arg(
+        long,
+        env = "MAILTRAIL_SMTP_CAPTURE_IMPLICIT_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        requires = "tls_cert"
+    )]
+    implicit_tls: bool,
     /// Log format: text or json.
     #[arg(long, env = "MAILTRAIL_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -70,7 +92,35 @@ fn init_tracing(format: &str) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(&args.log_format);
-    let capture = SmtpCapture::start_on(args.addr).await?;
+    let auth = args
+        .auth
+        .as_deref()
+        .map(|auth| {
+            auth.split_once(':')
+                .context("--auth / MAILTRAIL_SMTP_CAPTURE_AUTH must be user:password")
+        })
+        .transpose()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some((
+            std::fs::read(cert).with_context(|| format!("cannot read {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    let capture = match &tls {
+        Some((cert, key)) if args.implicit_tls => {
+            SmtpCapture::start_tls_on(args.addr, cert, key).await?
+        }
+        Some((cert, key)) => {
+            let capture = SmtpCapture::start_on(args.addr).await?;
+            capture.enable_starttls(cert, key)?;
+            capture
+        }
+        None => SmtpCapture::start_on(args.addr).await?,
+    };
+    if let Some((user, password)) = auth {
+        capture.require_auth(user, password);
+    }
     capture.set_keep_messages(false);
     capture.set_mode(args.mode.into());
     capture.on_message(|message| {
@@ -83,7 +133,14 @@ async fn main() -> anyhow::Result<()> {
             "message accepted"
         );
     });
-    tracing::info!(addr = %capture.addr(), url = %capture.url(), mode = ?args.mode, "smtp-capture listening");
+    tracing::info!(
+        addr = %capture.addr(),
+        url = %capture.url(),
+        mode = ?args.mode,
+        starttls = tls.is_some() && !args.implicit_tls,
+        auth = args.auth.is_some(),
+        "smtp-capture listening"
+    );
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -9,6 +9,10 @@ pub struct ReceivedMessage {
     pub data: Vec<u8>,
     /// The queue id the server gave in its `250 2.0.0 Ok: queued as <id>` reply.
     pub message_id: String,
+    /// The message came over TLS (after STARTTLS, or on an implicit-TLS server).
+    pub tls: bool,
+    /// The user the client authenticated as (AUTH), if it did.
+    pub authenticated_as: Option<String>,
 }
 
 impl ReceivedMessage {
@@ -66,6 +70,8 @@ mod tests {
             rcpt_to: Vec::new(),
             data: data.as_bytes().to_vec(),
             message_id: String::new(),
+            tls: false,
+            authenticated_as: None,
         }
     }
 

@@ -5,9 +5,14 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 use crate::{MAX_MESSAGE_SIZE, Mode, ReceivedMessage, State};
 
@@ -23,17 +28,102 @@ const EHLO_REPLY: &[u8] = b"250-localhost\r\n\
 250-8BITMIME\r\n\
 250-SMTPUTF8\r\n\
 250 ENHANCEDSTATUSCODES\r\n";
+const READ_BUFFER: usize = 64 * 1024;
+const WRITE_BUFFER: usize = 16 * 1024;
 
 /// Queue ids are unique within the process (and carry its pid, so rarely collide across them).
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
 
-type Reader = BufReader<OwnedReadHalf>;
-type Writer = BufWriter<OwnedWriteHalf>;
-
 pub(crate) async fn run(stream: TcpStream, state: Arc<State>) {
-    if let Err(error) = converse(stream, &state).await {
+    if let Err(error) = serve(stream, &state).await {
         tracing::debug!(%error, "SMTP connection ended with an error");
     }
+}
+
+/// How a dialogue on one stream ended.
+enum End {
+    /// The client left, said QUIT, or the connection is to be dropped.
+    Closed,
+    /// `220 Ready to start TLS` was written (not yet flushed): upgrade with this configuration.
+    StartTls(Arc<ServerConfig>),
+}
+
+/// One connection: plain (the fast path: the TCP stream's own halves, no locks), plain then
+/// upgraded by STARTTLS, or TLS from the first byte.
+async fn serve(stream: TcpStream, state: &State) -> io::Result<()> {
+    if let Some(config) = state.implicit_tls() {
+        if state.mode() == Mode::DropConnections {
+            return Ok(());
+        }
+        let stream = TlsAcceptor::from(config).accept(stream).await?;
+        state.count_tls_handshake();
+        let (reader, writer) = tokio::io::split(stream);
+        let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+        let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
+        if greet(&mut writer, state).await? {
+            let mut transaction = Transaction {
+                tls: true,
+                ..Transaction::default()
+            };
+            converse(&mut reader, &mut writer, state, &mut transaction).await?;
+        }
+        return Ok(());
+    }
+    let (reader, writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
+    if !greet(&mut writer, state).await? {
+        return Ok(());
+    }
+    let mut transaction = Transaction::default();
+    let End::StartTls(config) = converse(&mut reader, &mut writer, state, &mut transaction).await?
+    else {
+        return Ok(());
+    };
+    writer.flush().await?;
+    if !reader.buffer().is_empty() {
+        // RFC 3207: nothing may follow STARTTLS before the handshake (plaintext injected ahead
+        // of TLS would be taken as if it came over it).
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the client sent data after STARTTLS before the TLS handshake",
+        ));
+    }
+    let stream = reader
+        .into_inner()
+        .reunite(writer.into_inner())
+        .map_err(io::Error::other)?;
+    let stream = TlsAcceptor::from(config).accept(stream).await?;
+    state.count_tls_handshake();
+    let (reader, writer) = tokio::io::split(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
+    // RFC 3207 4.2: everything learnt before the upgrade (EHLO, AUTH) is forgotten.
+    let mut transaction = Transaction {
+        tls: true,
+        ..Transaction::default()
+    };
+    converse(&mut reader, &mut writer, state, &mut transaction).await?;
+    Ok(())
+}
+
+/// The greeting, or the refusal of the current [`Mode`]; `false` when the connection is to close.
+async fn greet<W: AsyncWrite + Unpin>(
+    writer: &mut BufWriter<W>,
+    state: &State,
+) -> io::Result<bool> {
+    if state.mode() == Mode::DropConnections {
+        return Ok(false);
+    }
+    if state.mode() == Mode::RefuseService {
+        writer
+            .write_all(b"554 5.7.1 mailtrail-smtp-capture refuses this client (policy)\r\n")
+            .await?;
+        writer.flush().await?;
+        return Ok(false);
+    }
+    writer.write_all(GREETING).await?;
+    Ok(true)
 }
 
 #[derive(Default)]
@@ -41,6 +131,10 @@ struct Transaction {
     greeted: bool,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    /// The connection is encrypted (kept across transactions).
+    tls: bool,
+    /// The user AUTH accepted on this connection (kept across transactions).
+    authenticated_as: Option<String>,
 }
 
 impl Transaction {
@@ -61,9 +155,9 @@ enum Line {
 
 /// Reads the next line into `line` (cleared first), flushing the replies written so far if no
 /// whole line is buffered (so the client is never left waiting for them).
-async fn next_line(
-    reader: &mut Reader,
-    writer: &mut Writer,
+async fn next_line<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
     line: &mut Vec<u8>,
 ) -> io::Result<Line> {
     if !reader.buffer().contains(&b'\n') {
@@ -83,38 +177,29 @@ async fn next_line(
     })
 }
 
-async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
-    let (reader, writer) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let mut writer = BufWriter::with_capacity(16 * 1024, writer);
-    if state.mode() == Mode::DropConnections {
-        return Ok(());
-    }
-    if state.mode() == Mode::RefuseService {
-        writer
-            .write_all(b"554 5.7.1 mailtrail-smtp-capture refuses this client (policy)\r\n")
-            .await?;
-        writer.flush().await?;
-        return Ok(());
-    }
-    writer.write_all(GREETING).await?;
-    let mut transaction = Transaction::default();
+/// Answers commands until the client leaves or STARTTLS is accepted.
+async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
+    state: &State,
+    transaction: &mut Transaction,
+) -> io::Result<End> {
     let mut line = Vec::with_capacity(1024);
     loop {
-        match next_line(&mut reader, &mut writer, &mut line).await? {
+        match next_line(reader, writer, &mut line).await? {
             Line::Complete => {}
-            Line::Closed => return Ok(()),
+            Line::Closed => return Ok(End::Closed),
             Line::Partial => {
                 // Skip the rest of the over-long line, then refuse it.
                 loop {
-                    match next_line(&mut reader, &mut writer, &mut line).await? {
+                    match next_line(reader, writer, &mut line).await? {
                         Line::Complete => break,
                         Line::Partial => {}
-                        Line::Closed => return Ok(()),
+                        Line::Closed => return Ok(End::Closed),
                     }
                 }
                 if state.mode() == Mode::DropConnections {
-                    return Ok(());
+                    return Ok(End::Closed);
                 }
                 writer
                     .write_all(b"500 5.5.0 Error: line too long\r\n")
@@ -123,7 +208,7 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
             }
         }
         if state.mode() == Mode::DropConnections {
-            return Ok(());
+            return Ok(End::Closed);
         }
         let command = trim_line_end(&line);
         let (verb, args) = split_verb(command);
@@ -138,7 +223,13 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
             b"EHLO" => {
                 transaction.reset();
                 transaction.greeted = true;
-                writer.write_all(EHLO_REPLY).await?;
+                if state.extended() {
+                    writer
+                        .write_all(ehlo_reply(state, transaction).as_bytes())
+                        .await?;
+                } else {
+                    writer.write_all(EHLO_REPLY).await?;
+                }
             }
             b"HELO" => {
                 transaction.reset();
@@ -146,11 +237,11 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
                 writer.write_all(b"250 localhost\r\n").await?;
             }
             b"MAIL" => {
-                let reply = mail(&mut transaction, args, state);
+                let reply = mail(transaction, args, state);
                 writer.write_all(reply.as_bytes()).await?;
             }
             b"RCPT" => {
-                let reply = rcpt(&mut transaction, args, state);
+                let reply = rcpt(transaction, args, state);
                 writer.write_all(reply.as_bytes()).await?;
             }
             b"DATA" if !args.is_empty() => {
@@ -171,10 +262,9 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
                 let keep = state.wants_data();
-                let Some((data, too_big)) =
-                    read_data(&mut reader, &mut writer, &mut line, keep).await?
+                let Some((data, too_big)) = read_data(reader, writer, &mut line, keep).await?
                 else {
-                    return Ok(());
+                    return Ok(End::Closed);
                 };
                 if too_big {
                     writer
@@ -192,6 +282,8 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
                         rcpt_to: std::mem::take(&mut transaction.rcpt_to),
                         data,
                         message_id: id,
+                        tls: transaction.tls,
+                        authenticated_as: transaction.authenticated_as.clone(),
                     });
                     state.record(message);
                     writer.write_all(reply.as_bytes()).await?;
@@ -206,12 +298,46 @@ async fn converse(stream: TcpStream, state: &State) -> io::Result<()> {
             b"QUIT" => {
                 writer.write_all(b"221 2.0.0 Bye\r\n").await?;
                 writer.flush().await?;
-                return Ok(());
+                return Ok(End::Closed);
             }
             b"HELP" => {
                 writer
                     .write_all(b"214 2.0.0 EHLO HELO MAIL RCPT DATA RSET NOOP QUIT\r\n")
                     .await?;
+            }
+            b"STARTTLS" if !transaction.tls => {
+                let Some(config) = state.starttls() else {
+                    writer
+                        .write_all(b"502 5.5.1 Error: command not implemented\r\n")
+                        .await?;
+                    continue;
+                };
+                if !args.is_empty() {
+                    writer.write_all(b"501 5.5.4 Syntax: STARTTLS\r\n").await?;
+                } else if !transaction.greeted {
+                    writer
+                        .write_all(b"503 5.5.1 Error: send EHLO first\r\n")
+                        .await?;
+                } else {
+                    writer
+                        .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                        .await?;
+                    return Ok(End::StartTls(config));
+                }
+            }
+            b"STARTTLS" if state.starttls().is_some() || state.implicit_tls().is_some() => {
+                writer
+                    .write_all(b"503 5.5.1 Error: TLS already active\r\n")
+                    .await?;
+            }
+            b"AUTH" if state.auth_required() => {
+                let args = args.to_vec();
+                let reply = match auth(reader, writer, &mut line, transaction, &args, state).await?
+                {
+                    Some(reply) => reply,
+                    None => return Ok(End::Closed),
+                };
+                writer.write_all(reply.as_bytes()).await?;
             }
             b"VRFY" | b"EXPN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"ETRN" | b"TURN" => {
                 writer
@@ -233,6 +359,9 @@ fn mail(transaction: &mut Transaction, args: &[u8], state: &State) -> Cow<'stati
     }
     if transaction.mail_from.is_some() {
         return "503 5.5.1 Error: nested MAIL command\r\n".into();
+    }
+    if transaction.authenticated_as.is_none() && state.auth_required() {
+        return "530 5.7.0 Authentication required\r\n".into();
     }
     let Some((path, params)) = strip_keyword(args, b"FROM:").and_then(parse_path) else {
         return "501 5.5.4 Syntax: MAIL FROM:<address>\r\n".into();
@@ -280,11 +409,168 @@ fn rcpt(transaction: &mut Transaction, args: &[u8], state: &State) -> Cow<'stati
     "250 2.1.5 Ok\r\n".into()
 }
 
+/// The EHLO reply when STARTTLS or AUTH is on: the fixed extensions, plus STARTTLS on a plain
+/// connection and AUTH while required.
+fn ehlo_reply(state: &State, transaction: &Transaction) -> String {
+    let mut reply = String::from(
+        "250-localhost\r\n250-PIPELINING\r\n250-SIZE 52428800\r\n250-8BITMIME\r\n\
+         250-SMTPUTF8\r\n",
+    );
+    if !transaction.tls && state.starttls().is_some() {
+        reply.push_str("250-STARTTLS\r\n");
+    }
+    if state.auth_required() {
+        reply.push_str("250-AUTH PLAIN LOGIN\r\n");
+    }
+    reply.push_str("250 ENHANCEDSTATUSCODES\r\n");
+    reply
+}
+
+/// `AUTH PLAIN [initial-response]` or `AUTH LOGIN [username]`: reads the client's responses to
+/// the `334` challenges and checks the one account. Returns the final reply, or `None` if the
+/// client went away mid-exchange.
+async fn auth<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
+    line: &mut Vec<u8>,
+    transaction: &mut Transaction,
+    args: &[u8],
+    state: &State,
+) -> io::Result<Option<Cow<'static, str>>> {
+    if !transaction.greeted {
+        return Ok(Some("503 5.5.1 Error: send HELO/EHLO first\r\n".into()));
+    }
+    if transaction.authenticated_as.is_some() {
+        return Ok(Some("503 5.5.1 Error: already authenticated\r\n".into()));
+    }
+    if transaction.mail_from.is_some() {
+        return Ok(Some(
+            "503 5.5.1 Error: MAIL transaction in progress\r\n".into(),
+        ));
+    }
+    let (mechanism, initial) = split_verb(args);
+    let mut upper = [0u8; 8];
+    let mechanism = uppercase_verb(mechanism, &mut upper);
+    let initial = (!initial.is_empty()).then(|| initial.to_vec());
+    let (user, password) = match mechanism {
+        b"PLAIN" => {
+            let response = match initial {
+                Some(initial) => match decode(&initial) {
+                    Some(response) => response,
+                    None => return Ok(Some(MALFORMED.into())),
+                },
+                None => match challenge(reader, writer, line, "").await? {
+                    Challenge::Answer(response) => response,
+                    Challenge::Refused(reply) => return Ok(Some(reply.into())),
+                    Challenge::Closed => return Ok(None),
+                },
+            };
+            // authzid NUL authcid NUL passwd
+            let mut parts = response.split(|&b| b == 0);
+            match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(authzid), Some(user), Some(password), None)
+                    if authzid.is_empty() || authzid == user =>
+                {
+                    (user.to_vec(), password.to_vec())
+                }
+                _ => (Vec::new(), Vec::new()),
+            }
+        }
+        b"LOGIN" => {
+            let user = match initial {
+                Some(initial) => match decode(&initial) {
+                    Some(user) => user,
+                    None => return Ok(Some(MALFORMED.into())),
+                },
+                None => match challenge(reader, writer, line, "Username:").await? {
+                    Challenge::Answer(user) => user,
+                    Challenge::Refused(reply) => return Ok(Some(reply.into())),
+                    Challenge::Closed => return Ok(None),
+                },
+            };
+            let password = match challenge(reader, writer, line, "Password:").await? {
+                Challenge::Answer(password) => password,
+                Challenge::Refused(reply) => return Ok(Some(reply.into())),
+                Challenge::Closed => return Ok(None),
+            };
+            (user, password)
+        }
+        b"" => return Ok(Some("501 5.5.4 Syntax: AUTH mechanism\r\n".into())),
+        _ => {
+            return Ok(Some(
+                "504 5.5.4 Error: unsupported authentication mechanism\r\n".into(),
+            ));
+        }
+    };
+    let accepted = state
+        .credentials()
+        .filter(|c| c.user.as_bytes() == user && c.password.as_bytes() == password);
+    state.count_auth(accepted.is_some());
+    Ok(Some(match accepted {
+        Some(credentials) => {
+            transaction.authenticated_as = Some(credentials.user);
+            "235 2.7.0 Authentication successful\r\n".into()
+        }
+        None => "535 5.7.8 Authentication credentials invalid\r\n".into(),
+    }))
+}
+
+const MALFORMED: &str = "501 5.5.2 Error: cannot decode the response\r\n";
+
+enum Challenge {
+    /// The decoded answer.
+    Answer(Vec<u8>),
+    /// The exchange ends with this reply (cancelled with `*`, not base64, too long).
+    Refused(&'static str),
+    Closed,
+}
+
+/// Sends `334 <base64 of prompt>` and reads the client's base64 answer.
+async fn challenge<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
+    line: &mut Vec<u8>,
+    prompt: &str,
+) -> io::Result<Challenge> {
+    writer
+        .write_all(format!("334 {}\r\n", BASE64.encode(prompt)).as_bytes())
+        .await?;
+    match next_line(reader, writer, line).await? {
+        Line::Complete => {}
+        Line::Closed => return Ok(Challenge::Closed),
+        Line::Partial => loop {
+            match next_line(reader, writer, line).await? {
+                Line::Complete => return Ok(Challenge::Refused(MALFORMED)),
+                Line::Partial => {}
+                Line::Closed => return Ok(Challenge::Closed),
+            }
+        },
+    }
+    let answer = trim_line_end(line);
+    if answer == b"*" {
+        return Ok(Challenge::Refused(
+            "501 5.7.0 Error: authentication cancelled\r\n",
+        ));
+    }
+    Ok(match decode(answer) {
+        Some(decoded) => Challenge::Answer(decoded),
+        None => Challenge::Refused(MALFORMED),
+    })
+}
+
+/// A base64 SASL response (`=` is the empty one).
+fn decode(response: &[u8]) -> Option<Vec<u8>> {
+    if response == b"=" {
+        return Some(Vec::new());
+    }
+    BASE64.decode(response).ok()
+}
+
 /// Reads message data up to the line ".", dot-unstuffed. Returns the data (empty unless
 /// `keep`) and whether it was over the size limit, or `None` if the client went away.
-async fn read_data(
-    reader: &mut Reader,
-    writer: &mut Writer,
+async fn read_data<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    writer: &mut BufWriter<W>,
     line: &mut Vec<u8>,
     keep: bool,
 ) -> io::Result<Option<(Vec<u8>, bool)>> {
