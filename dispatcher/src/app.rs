@@ -153,7 +153,8 @@ impl DispatcherApp {
                 },
                 provider_states: provider_states.clone(),
             });
-            // Both consumers share one channel and its prefetch: the concurrency bound.
+            // Each consumer has the prefetch (per-consumer QoS: quorum queues refuse a global
+            // one), so up to `concurrency` jobs per dispatching queue are in hand.
             let channel = connection.create_channel().await?;
             channel
                 .basic_qos(self.config.concurrency.max(1), BasicQosOptions::default())

@@ -134,6 +134,16 @@ impl Dispatcher {
                 tracing::info!(provider = name, "probing a provider marked down");
             }
             let result = self.send_through(provider.as_ref(), job).await;
+            // A failed probe says what the breaker already knows — the provider is down, not
+            // this job: go on to the failover providers, or wait without spending an attempt.
+            if admitted == Admit::Probe
+                && matches!(
+                    result,
+                    Err(SendError::Transient(_) | SendError::ProviderDown(_))
+                )
+            {
+                continue;
+            }
             return self.classify(job, name, result);
         }
         let reason = format!(

@@ -191,7 +191,10 @@ impl Ses {
             return Ok(sent(answer.status, &answer.body));
         }
         let error_type = answer.header("x-amzn-errortype");
-        Err(classify(answer.status, error_type.as_deref(), &answer.body))
+        Err(sandbox_recipient(
+            classify(answer.status, error_type.as_deref(), &answer.body),
+            job,
+        ))
     }
 }
 
@@ -413,10 +416,50 @@ fn classify(status: u16, error_type: Option<&str>, body: &str) -> SendError {
     class.error(reason)
 }
 
+/// A sandbox account may send only to verified addresses: "not verified" naming the recipient
+/// (and not our sender) is about this message, and must not mark SES down for everyone else.
+fn sandbox_recipient(error: SendError, job: &DispatchJob) -> SendError {
+    match error {
+        SendError::ProviderDown(reason)
+            if reason.to_ascii_lowercase().contains("not verified")
+                && reason.contains(&job.to.address)
+                && !reason.contains(&job.from.address) =>
+        {
+            SendError::Rejected {
+                reason,
+                mailbox_unknown: false,
+            }
+        }
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::http::test_support::{EMAIL_ID, job, refused_url, serve_once};
+
+    #[test]
+    fn an_unverified_recipient_in_the_sandbox_is_the_message_s_fault_an_unverified_sender_is_ours()
+    {
+        let job = job();
+        let about = |identity: &str| {
+            SendError::ProviderDown(format!(
+                "ses 400 MessageRejected: Email address is not verified. The following identities \
+                 failed the check in region US-EAST-1: {identity}"
+            ))
+        };
+        assert!(matches!(
+            sandbox_recipient(about(&job.to.address), &job),
+            SendError::Rejected { .. }
+        ));
+        assert!(matches!(
+            sandbox_recipient(about(&job.from.address), &job),
+            SendError::ProviderDown(_)
+        ));
+        let transient = SendError::Transient("ses 503".into());
+        assert_eq!(sandbox_recipient(transient.clone(), &job), transient);
+    }
     use mailtrail_shared::address::parse_address;
 
     fn settings(base_url: Option<String>) -> SesSettings {
