@@ -634,6 +634,17 @@ async fn smtp_failure_table_gaps() {
     let reason = bounced.details["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("5.1.1"), "{reason}");
 
+    // A 4xx for one recipient: that email is deferred (the provider is fine), then delivered.
+    smtp.defer_recipient("cid@example.com");
+    let busy = job("cid@example.com");
+    rig.publish(std::slice::from_ref(&busy)).await;
+    let deferred = rig.wait_for(busy.email_id, "deferred").await;
+    assert_eq!(deferred.details["provider_down"], false, "{deferred:?}");
+    let reason = deferred.details["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("450"), "{reason}");
+    smtp.accept_recipient("cid@example.com");
+    rig.wait_for(busy.email_id, "dispatched").await;
+
     // A connection closed without a greeting: transient, SMTP stays up.
     smtp.set_mode(Mode::DropConnections);
     let dropped = job("bob@example.com");
@@ -656,12 +667,12 @@ async fn smtp_failure_table_gaps() {
     smtp.set_mode(Mode::Accept);
     rig.wait_for(dropped.email_id, "dispatched").await;
     rig.wait_ready("smtp", true).await;
-    assert_eq!(smtp.message_count(), 2);
+    assert_eq!(smtp.message_count(), 3);
     rig.with_events(|events| {
         assert_eq!(of_type(events, "bounced").len(), 1);
         assert!(of_type(events, "failed").is_empty(), "{events:?}");
         let dispatched = count_per_email(events, "dispatched");
-        assert_eq!(dispatched.len(), 2);
+        assert_eq!(dispatched.len(), 3);
         assert!(dispatched.values().all(|n| *n == 1));
         // The bounce was the unknown mailbox's only event: no retry.
         assert_eq!(

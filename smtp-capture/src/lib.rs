@@ -82,6 +82,7 @@ pub(crate) struct State {
     mode: AtomicU8,
     keep_messages: AtomicBool,
     rejected: RwLock<HashSet<String>>,
+    deferred: RwLock<HashSet<String>>,
     connections: AtomicUsize,
     hook: RwLock<Option<MessageHook>>,
     /// Set while [`State::credentials`] holds the one account AUTH accepts (checked first, so
@@ -108,6 +109,14 @@ pub(crate) struct Credentials {
 impl State {
     pub(crate) fn mode(&self) -> Mode {
         Mode::from_u8(self.mode.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn is_deferred(&self, address: &str) -> bool {
+        let deferred = self
+            .deferred
+            .read()
+            .expect("deferred-recipient lock poisoned");
+        !deferred.is_empty() && deferred.contains(&address.to_lowercase())
     }
 
     pub(crate) fn is_rejected(&self, address: &str) -> bool {
@@ -255,6 +264,7 @@ impl SmtpCapture {
             mode: AtomicU8::new(Mode::Accept.to_u8()),
             keep_messages: AtomicBool::new(true),
             rejected: RwLock::new(HashSet::new()),
+            deferred: RwLock::new(HashSet::new()),
             connections: AtomicUsize::new(0),
             hook: RwLock::new(None),
             auth_required: AtomicBool::new(false),
@@ -328,6 +338,26 @@ impl SmtpCapture {
             .write()
             .expect("rejected-recipient lock poisoned")
             .insert(address.to_lowercase());
+    }
+
+    /// Recipients (compared case-insensitively) that get `450 4.2.1 <addr>: mailbox busy, try
+    /// again later` at RCPT TO, until [`SmtpCapture::accept_recipient`].
+    pub fn defer_recipient(&self, address: &str) {
+        self.state
+            .deferred
+            .write()
+            .expect("deferred-recipient lock poisoned")
+            .insert(address.to_lowercase());
+    }
+
+    /// Undoes [`SmtpCapture::reject_recipient`] and [`SmtpCapture::defer_recipient`].
+    pub fn accept_recipient(&self, address: &str) {
+        let address = address.to_lowercase();
+        for set in [&self.state.rejected, &self.state.deferred] {
+            set.write()
+                .expect("recipient lock poisoned")
+                .remove(&address);
+        }
     }
 
     /// Number of connections accepted so far (for tests that check pooling / reconnects).

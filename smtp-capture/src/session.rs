@@ -402,6 +402,9 @@ fn rcpt(transaction: &mut Transaction, args: &[u8], state: &State) -> Cow<'stati
     if state.is_rejected(&address) {
         return format!("550 5.1.1 <{address}>: no such user\r\n").into();
     }
+    if state.is_deferred(&address) {
+        return format!("450 4.2.1 <{address}>: mailbox busy, try again later\r\n").into();
+    }
     if transaction.rcpt_to.len() >= MAX_RECIPIENTS {
         return "452 4.5.3 Error: too many recipients\r\n".into();
     }
