@@ -2,8 +2,8 @@ use clap::Parser;
 use mailtrail_dispatcher::{DispatcherApp, DispatcherConfig};
 use mailtrail_runtime::{ProcessArgs, init_tracing, run_with_drain_deadline, stop_on_signal};
 
-/// mailtrail dispatcher: consumes dispatch jobs, sends each over SMTP and reports every outcome
-/// (dispatched, deferred, failed) to the operator. Every flag can also be set with the
+/// mailtrail dispatcher: consumes dispatch jobs, sends each through its provider (SMTP or an HTTP
+/// send API) and reports every outcome (dispatched, deferred, bounced, failed) to the operator. Every flag can also be set with the
 /// `MAILTRAIL_*` environment variable shown beside it.
 #[derive(Debug, Parser)]
 #[command(version, about)]
