@@ -150,7 +150,8 @@ impl Operator {
                 Publisher::open(&connection).await?,
                 topology.clone(),
                 self.config.database_timeout(),
-            );
+            )
+            .with_suppression_policy(self.config.suppression_policy());
             let session_stop = shutdown.child_token();
             self.broker_ready.store(true, Ordering::Relaxed);
             let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());

@@ -1,6 +1,7 @@
 //! The operator's settings: every one a documented `MAILTRAIL_*` environment variable (or the
 //! matching command-line flag) with a sensible default. See README.md ("Configuration").
 
+use crate::suppressions::SuppressionPolicy;
 use clap::Args;
 use mailtrail_broker::BrokerSettings;
 use mailtrail_runtime::BrokerArgs;
@@ -44,6 +45,24 @@ pub struct OperatorConfig {
     /// then it is set aside as `unknown_email`.
     #[arg(long, env = "MAILTRAIL_PENDING_EVENT_TTL_HOURS", default_value_t = 72)]
     pub pending_event_ttl_hours: u32,
+
+    /// Soft bounces to one address (per tenant) within the window that put it on the suppression
+    /// list; 0 turns soft-bounce suppression off. Hard bounces, complaints and unsubscribes add
+    /// an address at once.
+    #[arg(long, env = "MAILTRAIL_SUPPRESS_SOFT_BOUNCES", default_value_t = 3)]
+    pub suppress_soft_bounces: u32,
+
+    /// The window soft bounces are counted in, in hours.
+    #[arg(
+        long,
+        env = "MAILTRAIL_SUPPRESS_SOFT_BOUNCE_WINDOW_HOURS",
+        default_value_t = 72
+    )]
+    pub suppress_soft_bounce_window_hours: u32,
+
+    /// How long automatic suppression entries last, in days; 0: they never expire.
+    #[arg(long, env = "MAILTRAIL_SUPPRESS_TTL_DAYS", default_value_t = 0)]
+    pub suppress_ttl_days: u32,
 
     /// Address of the operator's HTTP API.
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -115,6 +134,14 @@ impl OperatorConfig {
             max_request_bytes: self.max_request_bytes,
             max_recipients: self.max_recipients,
             max_fanout_bytes: self.max_fanout_bytes,
+        }
+    }
+
+    pub fn suppression_policy(&self) -> SuppressionPolicy {
+        SuppressionPolicy {
+            soft_bounces: self.suppress_soft_bounces,
+            soft_bounce_window_hours: self.suppress_soft_bounce_window_hours,
+            ttl_days: self.suppress_ttl_days,
         }
     }
 

@@ -8,8 +8,9 @@
 //! never sent to the client. Another tenant's email answers 404, exactly like an unknown one.
 
 use crate::db::{DbPool, with_deadline};
-use crate::keys::{self, Principal};
+use crate::keys::{self, Principal, Role};
 use crate::schema::{emails, events, requests};
+use crate::suppressions::{self, Suppression};
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
@@ -19,7 +20,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use mailtrail_shared::address::Address;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -57,6 +60,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -88,7 +92,17 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
-                .route("/messages/{id}", web::get().to(message_history)),
+                .route("/messages/{id}", web::get().to(message_history))
+                .route("/suppressions", web::get().to(list_suppressions))
+                .route("/suppressions", web::post().to(add_suppression))
+                .route(
+                    "/suppressions/{tenant}/{address}",
+                    web::get().to(get_suppression),
+                )
+                .route(
+                    "/suppressions/{tenant}/{address}",
+                    web::delete().to(remove_suppression),
+                ),
         );
 }
 
@@ -354,4 +368,220 @@ async fn message_history(
             )
             .collect(),
     }))
+}
+
+// Suppressions: per tenant, on canonical addresses. A read key may list and look up; adding and
+// removing need an admin key. A tenant-scoped key sees and changes only its tenant: another
+// tenant's entries answer 404, like unknown ones.
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+/// One page of entries, and the cursor of the next (absent on the last page).
+#[derive(Debug, Serialize)]
+struct SuppressionPage {
+    items: Vec<SuppressionView>,
+    next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SuppressionView {
+    #[serde(flatten)]
+    entry: Suppression,
+    /// Whether it suppresses mail now (not expired).
+    active: bool,
+}
+
+impl From<Suppression> for SuppressionView {
+    fn from(entry: Suppression) -> SuppressionView {
+        SuppressionView {
+            active: entry.is_active(Utc::now()),
+            entry,
+        }
+    }
+}
+
+/// The keyset cursor: (tenant, address) of the last entry shown, opaque to clients.
+fn encode_cursor(tenant: &str, address: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{address}"))
+}
+
+fn decode_cursor(cursor: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (tenant, address) = text.split_once('\n')?;
+    Some((tenant.to_owned(), address.to_owned()))
+}
+
+fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    match principal.role {
+        Role::Admin => Ok(()),
+        Role::Read => Err(ApiError::Forbidden(
+            "this key may only read; changing suppressions needs an admin key".into(),
+        )),
+    }
+}
+
+/// The canonical form of an address given in a path or body.
+fn canonical(address: &str) -> Result<String, String> {
+    mailtrail_shared::address::parse_address(address)
+        .map(|a| a.canonical)
+        .map_err(|e| e.to_string())
+}
+
+async fn list_suppressions(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    query: web::Query<BTreeMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    // `tenant`, `limit` and `after` (the `next` cursor of the previous page).
+    let limit = match query.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(text) => text.parse::<i64>().unwrap_or(0),
+    };
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = match query.get("after").map(String::as_str) {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            decode_cursor(cursor)
+                .ok_or_else(|| ApiError::BadRequest("after is not a cursor of this API".into()))?,
+        ),
+    };
+    // A scoped key lists its own tenant; asking for another one shows nothing.
+    let tenant = match (&principal.tenant, query.get("tenant").map(String::as_str)) {
+        (Some(own), Some(asked)) if own != asked => {
+            return Ok(HttpResponse::Ok().json(SuppressionPage {
+                items: Vec::new(),
+                next: None,
+            }));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked.filter(|t| !t.is_empty()).map(str::to_owned),
+    };
+    let entries = with_deadline(state.db_timeout, "list suppressions", async {
+        let mut conn = state.pool.get().await?;
+        let after = after.as_ref().map(|(t, a)| (t.as_str(), a.as_str()));
+        Ok(suppressions::list(&mut conn, tenant.as_deref(), after, limit + 1).await?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    let more = entries.len() as i64 > limit;
+    let items: Vec<Suppression> = entries.into_iter().take(limit as usize).collect();
+    let next = more
+        .then(|| items.last().map(|e| encode_cursor(&e.tenant, &e.address)))
+        .flatten();
+    Ok(HttpResponse::Ok().json(SuppressionPage {
+        items: items.into_iter().map(SuppressionView::from).collect(),
+        next,
+    }))
+}
+
+async fn get_suppression(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, address) = path.into_inner();
+    let not_found = || ApiError::NotFound(format!("{address:?} is not suppressed for {tenant:?}"));
+    if !principal.may_see(&tenant) {
+        return Err(not_found());
+    }
+    let Ok(canonical) = canonical(&address) else {
+        return Err(not_found());
+    };
+    let found = with_deadline(state.db_timeout, "look up a suppression", async {
+        let mut conn = state.pool.get().await?;
+        Ok(suppressions::get(&mut conn, &tenant, &canonical).await?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    match found {
+        Some(entry) => Ok(HttpResponse::Ok().json(SuppressionView::from(entry))),
+        None => Err(not_found()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NewSuppression {
+    tenant: String,
+    address: String,
+    reason: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+const MAX_REASON_CHARS: usize = 200;
+
+async fn add_suppression(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&principal)?;
+    let new: NewSuppression = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"tenant\", \"address\", \"reason\"}}: {e}"
+        ))
+    })?;
+    if new.tenant.trim().is_empty() {
+        return Err(ApiError::BadRequest("tenant is empty".into()));
+    }
+    if !principal.may_see(&new.tenant) {
+        return Err(ApiError::Forbidden(format!(
+            "this key may not change tenant {:?}",
+            new.tenant
+        )));
+    }
+    let address = canonical(&new.address)
+        .map_err(|e| ApiError::BadRequest(format!("address is not valid: {e}")))?;
+    let reason = new.reason.as_deref().map(str::trim).unwrap_or("manual");
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "reason must be 1 to {MAX_REASON_CHARS} characters"
+        )));
+    }
+    let entry = with_deadline(state.db_timeout, "add a suppression", async {
+        let mut conn = state.pool.get().await?;
+        Ok(suppressions::put(&mut conn, &new.tenant, &address, reason, new.expires_at).await?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    tracing::info!(tenant = %entry.tenant, address = %entry.address, key = %principal.key_id,
+        "suppression added through the API");
+    Ok(HttpResponse::Created().json(SuppressionView::from(entry)))
+}
+
+async fn remove_suppression(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, address) = path.into_inner();
+    let not_found = || ApiError::NotFound(format!("{address:?} is not suppressed for {tenant:?}"));
+    if !principal.may_see(&tenant) {
+        return Err(not_found());
+    }
+    require_admin(&principal)?;
+    let Ok(canonical) = canonical(&address) else {
+        return Err(not_found());
+    };
+    let removed = with_deadline(state.db_timeout, "remove a suppression", async {
+        let mut conn = state.pool.get().await?;
+        Ok(suppressions::remove(&mut conn, &tenant, &canonical).await?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    if !removed {
+        return Err(not_found());
+    }
+    tracing::info!(%tenant, address = %canonical, key = %principal.key_id,
+        "suppression removed through the API");
+    Ok(HttpResponse::NoContent().finish())
 }

@@ -1,5 +1,6 @@
 //! Mailbox intake: decode each request, and in **one transaction** record the request, one email
-//! per distinct recipient, an `accepted` event for each and an outbox row per dispatch job. The
+//! per distinct recipient, an `accepted` event for each and an outbox row per dispatch job. A
+//! recipient on its tenant's suppression list gets `accepted` then `suppressed`, and no job. The
 //! deliveries are acked by the caller only after [`Intake::handle`] returns, i.e. after commit.
 //!
 //! Idempotency: a request is keyed by (tenant, key). The same key again with the same content
@@ -12,6 +13,7 @@ use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
 use crate::faults;
 use crate::history::{NewEvent, record_events};
 use crate::schema::{emails, outbox, requests};
+use crate::suppressions;
 use anyhow::Context;
 use chrono::Utc;
 use diesel::prelude::*;
@@ -217,6 +219,16 @@ impl Intake {
         let mut new_jobs = Vec::new();
         let mut accepted_events = Vec::new();
         let mut set_asides = Vec::new();
+        // The batch's recipients on their tenant's suppression list, in one query.
+        let wanted: Vec<(String, String)> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .flat_map(|r| {
+                r.to.iter()
+                    .map(|recipient| (r.tenant.clone(), recipient.canonical.clone()))
+            })
+            .collect();
+        let suppressed = suppressions::active_for(conn, &wanted).await?;
 
         for (index, (message, request)) in batch.iter().zip(decoded).enumerate() {
             let request = match request {
@@ -291,14 +303,18 @@ impl Intake {
                     status_precedence: EventType::Accepted.status_precedence(),
                     created_at: now,
                 });
-                new_jobs.push(NewJob {
-                    job_id: ids::dispatch_job_id(email_id),
-                    email_id,
-                    tenant: request.tenant.clone(),
-                    queue: queue.base_name().to_owned(),
-                    attempt: 1,
-                    traceparent: Some(traceparent.clone()),
-                });
+                let suppression =
+                    suppressed.get(&(request.tenant.clone(), recipient.canonical.clone()));
+                if suppression.is_none() {
+                    new_jobs.push(NewJob {
+                        job_id: ids::dispatch_job_id(email_id),
+                        email_id,
+                        tenant: request.tenant.clone(),
+                        queue: queue.base_name().to_owned(),
+                        attempt: 1,
+                        traceparent: Some(traceparent.clone()),
+                    });
+                }
                 accepted_events.push(NewEvent {
                     event_id: ids::operator_event_id("accepted", email_id),
                     email_id,
@@ -315,6 +331,26 @@ impl Intake {
                         "priority": request.priority,
                     }),
                 });
+                // On the suppression list: recorded, never dispatched (no outbox row).
+                if let Some(suppression) = suppression {
+                    accepted_events.push(NewEvent {
+                        event_id: ids::operator_event_id("suppressed", email_id),
+                        email_id,
+                        event_type: EventType::Suppressed,
+                        occurred_at: now,
+                        source: SERVICE.to_owned(),
+                        provider: None,
+                        provider_event_id: None,
+                        provider_message_id: None,
+                        details: serde_json::json!({
+                            "recipient": recipient.address,
+                            "reason": suppression.reason,
+                            "since": suppression.created_at,
+                            "source_event_id": suppression.source_event_id,
+                            "expires_at": suppression.expires_at,
+                        }),
+                    });
+                }
             }
             outcomes.push(IntakeOutcome::Accepted {
                 request_id,
@@ -329,7 +365,8 @@ impl Intake {
                 .execute(conn)
                 .await?;
         }
-        let new_email_ids: Vec<Uuid> = accepted_events.iter().map(|e| e.email_id).collect();
+        let mut new_email_ids: Vec<Uuid> = accepted_events.iter().map(|e| e.email_id).collect();
+        new_email_ids.dedup();
         record_events(conn, accepted_events).await?;
         // Reports that named one of these emails before it existed.
         crate::pending::attach(conn, &new_email_ids).await?;

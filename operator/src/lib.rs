@@ -6,6 +6,8 @@
 //!   `queued`.
 //! * [`history`]: appends events and moves the summary status by the precedence table.
 //! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
+//! * [`suppressions`]: the per-tenant suppression list, fed by bounces, complaints and
+//!   unsubscribes and consulted by the intake.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
 pub mod app;
@@ -20,6 +22,7 @@ pub mod keys;
 pub mod pending;
 pub mod relay;
 pub mod schema;
+pub mod suppressions;
 pub mod tracking;
 
 pub use app::Operator;

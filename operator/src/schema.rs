@@ -122,3 +122,16 @@ diesel::table! {
         revoked_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    suppressions (tenant, address) {
+        tenant -> Text,
+        address -> Text,
+        reason -> Text,
+        source_event_id -> Nullable<Uuid>,
+        email_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        soft_bounces -> Int4,
+    }
+}

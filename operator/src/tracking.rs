@@ -8,6 +8,7 @@ use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
 use crate::history::{NewEvent, normalized_message_id, record_events};
 use crate::pending;
 use crate::schema::emails;
+use crate::suppressions::{self, SuppressionPolicy};
 use anyhow::Context;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
@@ -37,6 +38,7 @@ pub struct Tracker {
     publisher: Publisher,
     topology: Topology,
     db_timeout: Duration,
+    suppression: SuppressionPolicy,
 }
 
 impl Tracker {
@@ -51,7 +53,14 @@ impl Tracker {
             publisher,
             topology,
             db_timeout,
+            suppression: SuppressionPolicy::default(),
         }
+    }
+
+    /// When reported events add suppression entries (the default: `SuppressionPolicy::default`).
+    pub fn with_suppression_policy(mut self, policy: SuppressionPolicy) -> Tracker {
+        self.suppression = policy;
+        self
     }
 
     /// Handles a batch of tracking messages. On `Ok` everything is committed and every
@@ -150,6 +159,18 @@ impl Tracker {
                             recorded = attached.recorded,
                             set_aside = attached.set_aside,
                             "waiting webhook events attached to their emails"
+                        );
+                    }
+                    // Hard bounces, complaints, unsubscribes and soft bounces recorded just now
+                    // (including attached ones) feed the suppression list, in this transaction.
+                    let applied =
+                        suppressions::apply_recorded(conn, &self.suppression, &touched).await?;
+                    if applied != Default::default() {
+                        tracing::info!(
+                            added = applied.added,
+                            soft_bounces = applied.soft_bounces,
+                            added_by_soft_bounces = applied.added_by_soft_bounces,
+                            "suppression list updated"
                         );
                     }
                     Ok(outcomes)

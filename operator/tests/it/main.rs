@@ -10,5 +10,6 @@ mod hostile;
 mod intake;
 mod reconnect;
 mod shutdown;
+mod suppressions;
 mod tracking;
 mod webhooks;

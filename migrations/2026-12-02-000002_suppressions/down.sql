@@ -1,0 +1,2 @@
+DROP TABLE soft_bounces;
+DROP TABLE suppressions;
