@@ -104,6 +104,15 @@ impl Operator {
             self.config.database_timeout(),
             shutdown.clone(),
         ));
+        let policy = self.config.retention_policy();
+        let retention = policy.is_enabled().then(|| {
+            tokio::spawn(crate::retention::retention_loop(
+                self.pool.clone(),
+                policy,
+                self.config.database_timeout(),
+                shutdown.clone(),
+            ))
+        });
         supervise("operator", &shutdown, || async {
             let result = self.session(&shutdown).await;
             if result.is_err() {
@@ -118,6 +127,9 @@ impl Operator {
         let _ = server_task.await;
         let _ = liveness.await;
         let _ = expiry.await;
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         tracing::info!("operator stopped");
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The operator's settings: every one a documented `MAILTRAIL_*` environment variable (or the
 //! matching command-line flag) with a sensible default. See README.md ("Configuration").
 
+use crate::retention::RetentionPolicy;
 use crate::suppressions::SuppressionPolicy;
 use clap::Args;
 use mailtrail_broker::BrokerSettings;
@@ -63,6 +64,24 @@ pub struct OperatorConfig {
     /// How long automatic suppression entries last, in days; 0: they never expire.
     #[arg(long, env = "MAILTRAIL_SUPPRESS_TTL_DAYS", default_value_t = 0)]
     pub suppress_ttl_days: u32,
+
+    /// Retention, in days: older requests (with their emails, events and outbox rows, once every
+    /// job is published) and dead letters are deleted; 0 keeps everything forever.
+    #[arg(long, env = "MAILTRAIL_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+
+    /// Bodies and attachments of requests older than this many days (jobs all published) are
+    /// dropped, keeping the metadata; 0: never.
+    #[arg(long, env = "MAILTRAIL_RETENTION_BODY_DAYS", default_value_t = 0)]
+    pub retention_body_days: u32,
+
+    /// Most rows one retention statement deletes or updates (each its own short transaction).
+    #[arg(long, env = "MAILTRAIL_RETENTION_BATCH", default_value_t = 500)]
+    pub retention_batch: u32,
+
+    /// How often retention runs, in seconds.
+    #[arg(long, env = "MAILTRAIL_RETENTION_INTERVAL_SECS", default_value_t = 600)]
+    pub retention_interval_secs: u64,
 
     /// Address of the operator's HTTP API.
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -142,6 +161,15 @@ impl OperatorConfig {
             soft_bounces: self.suppress_soft_bounces,
             soft_bounce_window_hours: self.suppress_soft_bounce_window_hours,
             ttl_days: self.suppress_ttl_days,
+        }
+    }
+
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            days: self.retention_days,
+            body_days: self.retention_body_days,
+            batch: self.retention_batch,
+            interval: Duration::from_secs(self.retention_interval_secs),
         }
     }
 

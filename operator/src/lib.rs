@@ -8,6 +8,7 @@
 //! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
 //! * [`suppressions`]: the per-tenant suppression list, fed by bounces, complaints and
 //!   unsubscribes and consulted by the intake.
+//! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
 pub mod app;
@@ -21,6 +22,7 @@ pub mod intake;
 pub mod keys;
 pub mod pending;
 pub mod relay;
+pub mod retention;
 pub mod schema;
 pub mod suppressions;
 pub mod tracking;

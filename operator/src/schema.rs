@@ -21,6 +21,7 @@ diesel::table! {
         send_at -> Nullable<Timestamptz>,
         publisher -> Nullable<Text>,
         created_at -> Timestamptz,
+        bodies_dropped_at -> Nullable<Timestamptz>,
     }
 }
 

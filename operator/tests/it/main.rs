@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod intake;
 mod reconnect;
+mod retention;
 mod shutdown;
 mod suppressions;
 mod tracking;
