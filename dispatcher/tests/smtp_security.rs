@@ -4,8 +4,7 @@
 //! make mail wait as "provider down" (no attempt spent, nothing failed) and flow once fixed.
 //! The SMTP failure table is also checked on the sender alone, without the broker.
 
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
 use mailtrail_broker::declare_topology;
 use mailtrail_dispatcher::config::parse_schedule;
 use mailtrail_dispatcher::providers::SendError;
@@ -17,7 +16,7 @@ use mailtrail_shared::dispatch::DispatchJob;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
 use mailtrail_smtp_capture::{Mode, SmtpCapture};
-use mailtrail_test_support::{TestBroker, amqp_url, eventually};
+use mailtrail_test_support::{TestBroker, amqp_url, eventually, publish_confirmed, take_all};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -140,42 +139,14 @@ fn secured(config: &mut DispatcherConfig, cert: Option<&TestCert>, password: &st
 
 impl Rig {
     async fn publish(&self, job: &DispatchJob) {
-        let channel = self.connection.create_channel().await.expect("channel");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
-        channel
-            .basic_publish(
-                "".into(),
-                self.broker
-                    .topology()
-                    .queue(Queue::Dispatching)
-                    .as_str()
-                    .into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(job).expect("json"),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirmed");
+        let queue = self.broker.topology().queue(Queue::Dispatching);
+        let body = serde_json::to_vec(job).expect("json");
+        publish_confirmed(&self.connection, &queue, &body).await;
     }
 
     /// Everything on `queue` now (taken off it).
     async fn take(&self, queue: Queue) -> Vec<lapin::message::BasicGetMessage> {
-        let channel = self.connection.create_channel().await.expect("channel");
-        let name = self.broker.topology().queue(queue);
-        let mut taken = Vec::new();
-        while let Some(message) = channel
-            .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
-            .await
-            .expect("get")
-        {
-            taken.push(message);
-        }
-        taken
+        take_all(&self.connection, &self.broker.topology().queue(queue)).await
     }
 
     /// Collects tracking events until `done` says the list is complete.

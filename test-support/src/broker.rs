@@ -148,3 +148,45 @@ async fn delete_queues(names: &[String]) -> anyhow::Result<()> {
         anyhow::bail!("{}", failures.join("; "))
     }
 }
+
+/// Publishes `body` (persistent) to `queue` through the default exchange and waits for the
+/// broker's confirm.
+pub async fn publish_confirmed(connection: &Connection, queue: &str, body: &[u8]) {
+    use lapin::BasicProperties;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+}
+
+/// Everything on `queue` now, taken off it.
+pub async fn take_all(
+    connection: &Connection,
+    queue: &str,
+) -> Vec<lapin::message::BasicGetMessage> {
+    use lapin::options::BasicGetOptions;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("get")
+    {
+        taken.push(message);
+    }
+    taken
+}

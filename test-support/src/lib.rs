@@ -31,7 +31,7 @@ mod process;
 mod proxy;
 mod wait;
 
-pub use broker::{TestBroker, amqp_url};
+pub use broker::{TestBroker, amqp_url, publish_confirmed, take_all};
 pub use db::{MIGRATIONS, TestDb, database_server_url, template_name, url_with_database};
 pub use http::{free_port, http_get, http_post, try_http_get};
 pub use lifecycle::check_broker_only_service;
