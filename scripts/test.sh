@@ -64,6 +64,12 @@ step "publish examples' dependencies"
 bash scripts/ensure-example-deps.sh
 export MAILTRAIL_EXAMPLES_PYTHON="$PWD/target/examples-venv/bin/python"
 
+# A clean build needs a few GiB of disk; say so plainly instead of failing deep in rustc.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [[ -n $free_kib && $free_kib -lt 4194304 ]]; then
+    warn "only $((free_kib / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }'); a clean build needs about 4 GiB — free some disk (e.g. \`cargo clean\` in other checkouts) if the build fails"
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
