@@ -50,6 +50,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable(#[source] anyhow::Error),
 }
@@ -61,6 +63,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -93,6 +96,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
                 .route("/messages/{id}", web::get().to(message_history))
+                .route("/messages/{id}", web::delete().to(cancel_message))
                 .route("/suppressions", web::get().to(list_suppressions))
                 .route("/suppressions", web::post().to(add_suppression))
                 .route(
@@ -370,6 +374,45 @@ async fn message_history(
     }))
 }
 
+/// `DELETE /v1/messages/{id}`: withdraws an email whose job has not left yet (a scheduled one,
+/// typically). Cancelling twice answers 200 with `changed: false`; an email already on its way
+/// answers 409 with its status.
+async fn cancel_message(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&principal, "cancelling an email")?;
+    let not_found = || ApiError::NotFound(format!("no email with id {:?}", path.as_str()));
+    let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
+    let outcome = with_deadline(state.db_timeout, "cancel an email", async {
+        let mut conn = state.pool.get().await?;
+        crate::scheduling::cancel(&mut conn, &principal, id, Utc::now()).await
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    use crate::scheduling::Cancellation;
+    let changed = match outcome {
+        Cancellation::NotFound => return Err(not_found()),
+        Cancellation::TooLate { status } => {
+            return Err(ApiError::Conflict(format!(
+                "email {id} can no longer be cancelled: its status is {status:?} (only an \
+                 email whose job has not left, such as a scheduled one, can be)"
+            )));
+        }
+        Cancellation::AlreadyCancelled => false,
+        Cancellation::Cancelled { .. } => true,
+    };
+    if changed {
+        tracing::info!(email_id = %id, key = %principal.key_id, "email cancelled through the API");
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": id,
+        "status": "cancelled",
+        "changed": changed,
+    })))
+}
+
 // Suppressions: per tenant, on canonical addresses. A read key may list and look up; adding and
 // removing need an admin key. A tenant-scoped key sees and changes only its tenant: another
 // tenant's entries answer 404, like unknown ones.
@@ -417,12 +460,13 @@ fn decode_cursor(cursor: &str) -> Option<(String, String)> {
     Some((tenant.to_owned(), address.to_owned()))
 }
 
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+/// `change` names what the caller tried, for the error ("changing suppressions").
+fn require_admin(principal: &Principal, change: &str) -> Result<(), ApiError> {
     match principal.role {
         Role::Admin => Ok(()),
-        Role::Read => Err(ApiError::Forbidden(
-            "this key may only read; changing suppressions needs an admin key".into(),
-        )),
+        Role::Read => Err(ApiError::Forbidden(format!(
+            "this key may only read; {change} needs an admin key"
+        ))),
     }
 }
 
@@ -524,7 +568,7 @@ async fn add_suppression(
     principal: web::ReqData<Principal>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal)?;
+    require_admin(&principal, "changing suppressions")?;
     let new: NewSuppression = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"tenant\", \"address\", \"reason\"}}: {e}"
@@ -568,7 +612,7 @@ async fn remove_suppression(
     if !principal.may_see(&tenant) {
         return Err(not_found());
     }
-    require_admin(&principal)?;
+    require_admin(&principal, "changing suppressions")?;
     let Ok(canonical) = canonical(&address) else {
         return Err(not_found());
     };

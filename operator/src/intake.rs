@@ -3,11 +3,15 @@
 //! recipient on its tenant's suppression list gets `accepted` then `suppressed`, and no job. The
 //! deliveries are acked by the caller only after [`Intake::handle`] returns, i.e. after commit.
 //!
+//! A request with a future `send_at` also records `scheduled` for each email, and its outbox rows
+//! wait (`available_at`) until the relay finds them due.
+//!
 //! Idempotency: a request is keyed by (tenant, key). The same key again with the same content
 //! hash is a duplicate (nothing new is written); with a different hash it is a conflict and is
 //! set aside, never merged. Invalid input is set aside with its reason and recorded in
 //! `dead_letters`, so one bad message never blocks the queue.
 
+use crate::clock::Clock;
 use crate::db::{DbPool, with_deadline};
 use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
 use crate::faults;
@@ -57,6 +61,7 @@ pub struct Intake {
     limits: Limits,
     db_timeout: Duration,
     relay_wake: Arc<Notify>,
+    clock: Clock,
 }
 
 /// A dead-letter row and its broker copy, for one set-aside message.
@@ -83,7 +88,14 @@ impl Intake {
             limits,
             db_timeout,
             relay_wake,
+            clock: Clock::system(),
         }
+    }
+
+    /// Uses `clock` to decide whether a `send_at` is still in the future (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Intake {
+        self.clock = clock;
+        self
     }
 
     /// Handles a batch of mailbox messages (a batch of one is fine). On `Ok`, everything is
@@ -213,7 +225,7 @@ impl Intake {
         batch: &[Incoming],
         decoded: &[Result<MailboxRequest, Rejection>],
     ) -> anyhow::Result<Vec<IntakeOutcome>> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut new_emails = Vec::new();
         let mut new_jobs = Vec::new();
@@ -289,6 +301,8 @@ impl Intake {
                 Priority::Normal => Queue::Dispatching,
             };
             let traceparent = continued_traceparent(message);
+            // A past or present send_at is simply "now".
+            let due_at = request.send_at.filter(|at| *at > now);
             let mut email_ids = Vec::with_capacity(request.to.len());
             for recipient in &request.to {
                 let email_id = ids::email_id(&request.tenant, &request.key, &recipient.canonical);
@@ -313,6 +327,7 @@ impl Intake {
                         queue: queue.base_name().to_owned(),
                         attempt: 1,
                         traceparent: Some(traceparent.clone()),
+                        available_at: due_at.unwrap_or(now),
                     });
                 }
                 accepted_events.push(NewEvent {
@@ -331,6 +346,19 @@ impl Intake {
                         "priority": request.priority,
                     }),
                 });
+                if let (Some(due_at), None) = (due_at, suppression) {
+                    accepted_events.push(NewEvent {
+                        event_id: ids::operator_event_id("scheduled", email_id),
+                        email_id,
+                        event_type: EventType::Scheduled,
+                        occurred_at: now,
+                        source: SERVICE.to_owned(),
+                        provider: None,
+                        provider_event_id: None,
+                        provider_message_id: None,
+                        details: serde_json::json!({ "send_at": due_at }),
+                    });
+                }
                 // On the suppression list: recorded, never dispatched (no outbox row).
                 if let Some(suppression) = suppression {
                     accepted_events.push(NewEvent {
@@ -480,6 +508,7 @@ struct NewRequest<'a> {
     metadata: serde_json::Value,
     attachments: serde_json::Value,
     publisher: Option<&'a str>,
+    send_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl<'a> NewRequest<'a> {
@@ -512,6 +541,7 @@ impl<'a> NewRequest<'a> {
             metadata: serde_json::to_value(&r.metadata)?,
             attachments: serde_json::to_value(&r.attachments)?,
             publisher,
+            send_at: r.send_at,
         })
     }
 }
@@ -538,4 +568,5 @@ struct NewJob {
     queue: String,
     attempt: i32,
     traceparent: Option<String>,
+    available_at: chrono::DateTime<Utc>,
 }

@@ -8,10 +8,13 @@
 //! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
 //! * [`suppressions`]: the per-tenant suppression list, fed by bounces, complaints and
 //!   unsubscribes and consulted by the intake.
+//! * [`scheduling`]: cancelling a scheduled email before it leaves; [`clock`]: the operator's
+//!   "now", manual in tests.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
@@ -23,6 +26,7 @@ pub mod keys;
 pub mod pending;
 pub mod relay;
 pub mod retention;
+pub mod scheduling;
 pub mod schema;
 pub mod suppressions;
 pub mod tracking;

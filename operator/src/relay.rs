@@ -4,12 +4,16 @@
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several relays never publish the same row
 //! at once. A crash after the broker confirmed but before the commit leaves the rows pending:
 //! they are published again with the same job id, and the dispatcher de-duplicates on it.
+//!
+//! A scheduled job waits until its `available_at` is due; since a row is claimed under lock and
+//! marked published in the transaction that claimed it, it is released once however many
+//! operators run, and a restart merely finds it still pending.
 
+use crate::clock::Clock;
 use crate::db::{DbPool, with_deadline};
 use crate::faults;
 use crate::history::{NewEvent, record_events};
 use anyhow::Context;
-use chrono::Utc;
 use diesel::sql_types::{Array, BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel::{QueryableByName, sql_query};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -31,6 +35,7 @@ pub struct Relay {
     topology: Topology,
     batch: i64,
     db_timeout: Duration,
+    clock: Clock,
 }
 
 #[derive(QueryableByName)]
@@ -91,7 +96,14 @@ impl Relay {
             topology,
             batch,
             db_timeout,
+            clock: Clock::system(),
         }
+    }
+
+    /// Uses `clock` to decide which scheduled jobs are due (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Relay {
+        self.clock = clock;
+        self
     }
 
     /// Publishes up to one batch of pending jobs; returns how many were published. Priority
@@ -132,7 +144,7 @@ impl Relay {
                    r.from_address, r.reply_to, r.subject, r.text_body, r.html_body, r.headers,
                    r.tags, r.metadata, r.attachments
               FROM (SELECT * FROM outbox
-                     WHERE published_at IS NULL AND available_at <= now()
+                     WHERE published_at IS NULL AND available_at <= $3
                      ORDER BY (queue = $2) DESC, id
                      LIMIT $1
                      FOR UPDATE SKIP LOCKED) o
@@ -143,6 +155,7 @@ impl Relay {
         )
         .bind::<BigInt, _>(self.batch)
         .bind::<Text, _>(Queue::DispatchingPriority.base_name())
+        .bind::<Timestamptz, _>(self.clock.now())
         .load(conn)
         .await?;
         if jobs.is_empty() {
@@ -156,7 +169,7 @@ impl Relay {
         // `queued` is the moment the jobs are handed to the broker: stamped before the publish,
         // because a dispatcher may take and send a job before its confirm reaches us, and its
         // history must still read queued → dispatched.
-        let handed_over_at = Utc::now();
+        let handed_over_at = self.clock.now();
         self.publisher
             .publish_all(&messages)
             .await

@@ -8,6 +8,7 @@
 
 use crate::address::{Address, parse_address};
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -96,6 +97,8 @@ pub struct MailboxRequest {
     /// The effective priority: `High` if the body says so or it came through `mailbox.priority`.
     pub priority: Priority,
     pub attachments: Vec<Attachment>,
+    /// When to send (`send_at`); `None` or a past time means now.
+    pub send_at: Option<DateTime<Utc>>,
     /// SHA-256 of the canonical request (everything but the key and the queue it came through).
     pub content_hash: [u8; 32],
 }
@@ -125,7 +128,6 @@ pub enum RejectReason {
     TooLarge,
     TooManyRecipients,
     FanoutTooLarge,
-    SendAtUnsupported,
     /// Operator-level: the same key with different content.
     Conflict,
 }
@@ -144,7 +146,6 @@ impl RejectReason {
             RejectReason::TooLarge => "too_large",
             RejectReason::TooManyRecipients => "too_many_recipients",
             RejectReason::FanoutTooLarge => "fanout_too_large",
-            RejectReason::SendAtUnsupported => "send_at_unsupported",
             RejectReason::Conflict => "conflict",
         }
     }
@@ -339,13 +340,6 @@ impl Decoder<'_> {
                 ),
             ));
         }
-        if object.contains_key("send_at") {
-            return Err(self.fail(
-                RejectReason::SendAtUnsupported,
-                "send_at (scheduled sending) is not supported by this operator yet; \
-                 publish the request when it is due",
-            ));
-        }
         if let Some(path) = find_nul(&Value::Object(object.clone()), "") {
             return Err(self.invalid(format!("{path} contains a NUL character")));
         }
@@ -395,6 +389,7 @@ impl Decoder<'_> {
             }
         };
         let attachments = self.attachments()?;
+        let send_at = self.send_at()?;
 
         let fanout = envelope.body.len().saturating_mul(to.len());
         if fanout > limits.max_fanout_bytes {
@@ -430,10 +425,31 @@ impl Decoder<'_> {
                 body_priority
             },
             attachments,
+            send_at,
             content_hash: [0; 32],
         };
         request.content_hash = content_hash(&request, body_priority);
         Ok(request)
+    }
+
+    /// `send_at`: an RFC 3339 time with an explicit offset (a time without one is ambiguous, so
+    /// it is refused rather than guessed).
+    fn send_at(&self) -> Result<Option<DateTime<Utc>>, Rejection> {
+        match self.object.get("send_at") {
+            None => Ok(None),
+            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| {
+                    self.invalid(format!(
+                        "send_at {s:?} is not an RFC 3339 time with an offset ({e}); \
+                         write it like \"2030-01-01T09:00:00Z\" or \"2030-01-01T10:00:00+01:00\""
+                    ))
+                }),
+            Some(other) => Err(self.invalid(format!(
+                "send_at must be an RFC 3339 string, not a JSON {}",
+                json_kind(other)
+            ))),
+        }
     }
 
     /// The idempotency key: the body's `id`, else the AMQP `message_id`, else a fresh UUIDv7.
@@ -878,6 +894,8 @@ struct CanonicalRequest<'a> {
     metadata: &'a BTreeMap<String, String>,
     priority: Priority,
     attachments: &'a [Attachment],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    send_at: Option<DateTime<Utc>>,
 }
 
 fn content_hash(request: &MailboxRequest, body_priority: Priority) -> [u8; 32] {
@@ -897,6 +915,7 @@ fn content_hash(request: &MailboxRequest, body_priority: Priority) -> [u8; 32] {
         metadata: &request.metadata,
         priority: body_priority,
         attachments: &request.attachments,
+        send_at: request.send_at,
     };
     let bytes = serde_json::to_vec(&canonical).expect("a canonical request always serialises");
     Sha256::digest(bytes).into()
@@ -1088,9 +1107,35 @@ mod tests {
             "invalid_field"
         );
         assert_eq!(
-            reason(&with(r#", "send_at": "2030-01-01T00:00:00Z""#)),
-            "send_at_unsupported"
+            reason(&with(r#", "send_at": "2030-01-01 09:00""#)),
+            "invalid_field"
         );
+        assert_eq!(
+            reason(&with(r#", "send_at": "2030-01-01T09:00:00""#)),
+            "invalid_field"
+        );
+        assert_eq!(reason(&with(r#", "send_at": 1893488400"#)), "invalid_field");
+    }
+
+    #[test]
+    fn send_at_is_read_with_its_offset_and_changes_the_content() {
+        let at = decode_str(&with(r#", "send_at": "2030-01-01T10:00:00+01:00""#)).expect("ok");
+        assert_eq!(
+            at.send_at,
+            Some(
+                "2030-01-01T09:00:00Z"
+                    .parse::<DateTime<Utc>>()
+                    .expect("a time")
+            )
+        );
+        let same_instant = decode_str(&with(r#", "send_at": "2030-01-01T09:00:00Z""#)).expect("ok");
+        assert_eq!(at.content_hash, same_instant.content_hash);
+        let later = decode_str(&with(r#", "send_at": "2030-01-01T09:00:01Z""#)).expect("ok");
+        assert_ne!(at.content_hash, later.content_hash);
+        let now = decode_str(&with("")).expect("ok");
+        assert_eq!(now.send_at, None);
+        assert_ne!(now.content_hash, at.content_hash);
+        assert_eq!(reason(&with(r#", "send_at": null"#)), "invalid_field");
     }
 
     #[test]

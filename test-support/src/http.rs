@@ -80,6 +80,17 @@ pub async fn http_post(
         .unwrap_or_else(|e| panic!("POST {path} on port {port}: {e}"))
 }
 
+/// `DELETE path` with a bearer key: (status, content type, body as JSON).
+pub async fn http_delete(port: u16, path: &str, bearer: &str) -> (u16, String, serde_json::Value) {
+    let request = format!(
+        "DELETE {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {bearer}\r\n\
+         Connection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    exchange(port, request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("DELETE {path} on port {port}: {e}"))
+}
+
 /// A port that was free a moment ago, for a service that must be told its port up front.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -71,9 +71,9 @@ async fn hostile_input_is_set_aside_with_its_reason_and_valid_mail_behind_it_flo
             "too_many_recipients",
         ),
         (
-            "send-at",
-            valid_with(r#", "send_at": "2030-01-01T00:00:00Z""#),
-            "send_at_unsupported",
+            "send-at-without-offset",
+            valid_with(r#", "send_at": "2030-01-01 09:00""#),
+            "invalid_field",
         ),
         (
             "nul-in-text",

@@ -10,6 +10,7 @@ mod hostile;
 mod intake;
 mod reconnect;
 mod retention;
+mod scheduling;
 mod shutdown;
 mod suppressions;
 mod tracking;

@@ -13,9 +13,8 @@ use mailtrail_shared::history::EventType;
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
-use mailtrail_test_support::{eventually, http_post};
+use mailtrail_test_support::{eventually, http_delete, http_post};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 struct Steps {
@@ -138,25 +137,6 @@ async fn entries(world: &World, tenant: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `DELETE path` with a bearer key: the status code.
-async fn http_delete(port: u16, path: &str, key: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let request = format!(
-        "DELETE {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\n\
-         Connection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw).await;
-    String::from_utf8_lossy(&raw)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code")
-}
-
 async fn post_json(
     port: u16,
     key: &str,
@@ -270,11 +250,15 @@ async fn removing_the_entry_through_the_api_lets_the_next_email_through() {
     })
     .await;
     assert_eq!(
-        http_delete(port, "/v1/suppressions/acme/ANN@example.com", &admin).await,
+        http_delete(port, "/v1/suppressions/acme/ANN@example.com", &admin)
+            .await
+            .0,
         204
     );
     assert_eq!(
-        http_delete(port, "/v1/suppressions/acme/ann@example.com", &admin).await,
+        http_delete(port, "/v1/suppressions/acme/ann@example.com", &admin)
+            .await
+            .0,
         404
     );
     stop.cancel();
@@ -608,15 +592,21 @@ async fn the_api_lists_looks_up_adds_and_removes_within_the_keys_scope() {
 
     // Remove: a read key may not (403); another tenant's key gets 404; the admin key may.
     assert_eq!(
-        http_delete(port, "/v1/suppressions/acme/kim@example.com", &acme_read).await,
+        http_delete(port, "/v1/suppressions/acme/kim@example.com", &acme_read)
+            .await
+            .0,
         403
     );
     assert_eq!(
-        http_delete(port, "/v1/suppressions/acme/kim@example.com", &globex).await,
+        http_delete(port, "/v1/suppressions/acme/kim@example.com", &globex)
+            .await
+            .0,
         404
     );
     assert_eq!(
-        http_delete(port, "/v1/suppressions/acme/kim@example.com", &acme_admin).await,
+        http_delete(port, "/v1/suppressions/acme/kim@example.com", &acme_admin)
+            .await
+            .0,
         204
     );
     assert_eq!(
