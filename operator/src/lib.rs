@@ -10,6 +10,8 @@
 //!   unsubscribes and consulted by the intake.
 //! * [`scheduling`]: cancelling a scheduled email before it leaves; [`clock`]: the operator's
 //!   "now", manual in tests.
+//! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
+//!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -17,6 +19,8 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dead_letter_api;
+pub mod dead_letter_consumer;
 pub mod dead_letters;
 pub mod faults;
 pub mod history;
