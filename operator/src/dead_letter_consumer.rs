@@ -40,8 +40,14 @@ const OPERATOR: &str = "operator";
 const RETRIES_EXHAUSTED: &str = "retries_exhausted";
 /// What a copy without a reason header is recorded as.
 const UNLABELLED: &str = "unlabelled";
-/// Longest reason, detail and names kept from headers (characters).
-const MAX_TEXT: usize = 2000;
+/// Longest reason, source queue, tenant and service name kept from headers (characters): they
+/// are indexed, and a B-tree entry over about 2.7 kB would make the insert fail on every
+/// redelivery, blocking the queue.
+const MAX_NAME: usize = 200;
+/// Longest detail kept (characters; not indexed).
+const MAX_DETAIL: usize = 4000;
+/// The dispatcher's name in `x-mailtrail-set-aside-by`.
+const DISPATCHER: &str = "dispatcher";
 
 /// What became of one dead-letter delivery. In every case the caller acks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +91,7 @@ impl DeadLetterConsumer {
                     }
                     let failures: Vec<&DeadLetterCopy> = copies
                         .iter()
-                        .filter(|c| c.set_aside_by == "dispatcher" && c.reason == RETRIES_EXHAUSTED)
+                        .filter(|c| c.set_aside_by == DISPATCHER && c.reason == RETRIES_EXHAUSTED)
                         .collect();
                     record_exhausted(conn, &failures).await?;
                     Ok(outcomes)
@@ -129,12 +135,13 @@ struct DeadLetterCopy {
 
 impl DeadLetterCopy {
     fn read(message: &Incoming) -> DeadLetterCopy {
-        let header = |name: &str| {
+        let text = |name: &str, max: usize| {
             message
                 .header(name)
-                .map(|v| clean(&v.chars().take(MAX_TEXT).collect::<String>()))
+                .map(|v| clean(&v.chars().take(max).collect::<String>()))
                 .filter(|v| !v.trim().is_empty())
         };
+        let header = |name: &str| text(name, MAX_NAME);
         let source_queue = header(headers::SOURCE_QUEUE).unwrap_or_else(|| "unknown".to_owned());
         let original_message_id = header(headers::ORIGINAL_MESSAGE_ID);
         let id = header(headers::DEAD_LETTER_ID)
@@ -151,12 +158,15 @@ impl DeadLetterCopy {
         DeadLetterCopy {
             id,
             reason: header(headers::REASON).unwrap_or_else(|| UNLABELLED.to_owned()),
-            detail: header(headers::REASON_DETAIL).unwrap_or_default(),
+            detail: text(headers::REASON_DETAIL, MAX_DETAIL).unwrap_or_default(),
             set_aside_by: header(headers::SET_ASIDE_BY).unwrap_or_else(|| "unknown".to_owned()),
             set_aside_at: header(headers::SET_ASIDE_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
-            tenant: tenant.or_else(|| job.as_ref().map(|j| clean(&j.tenant))),
+            tenant: tenant.or_else(|| {
+                job.as_ref()
+                    .map(|j| clean(&j.tenant.chars().take(MAX_NAME).collect::<String>()))
+            }),
             request_key: header(headers::REQUEST_KEY)
                 .or_else(|| job.as_ref().map(|j| clean(&j.request_key))),
             email_id: header(headers::EMAIL_ID)

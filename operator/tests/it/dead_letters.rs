@@ -334,6 +334,22 @@ async fn api(
     tokio_util::sync::CancellationToken,
     tokio::task::JoinHandle<()>,
 ) {
+    let answer = api_without_waiting(world).await;
+    eventually("the API is ready", Duration::from_secs(20), || async {
+        (http_get(answer.0.port, "/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
+    answer
+}
+
+/// The running operator and keys, without waiting for its broker session.
+async fn api_without_waiting(
+    world: &World,
+) -> (
+    Api,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let (stop, handle, port) = world.start_operator_with_port().await;
     let pool = world.pool();
     let mut conn = pool.get().await.expect("db");
@@ -351,7 +367,7 @@ async fn api(
         globex: key("globex", Some("globex"), Role::Admin).await,
     };
     eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/readyz", None).await.0 == 200).then_some(())
+        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
     })
     .await;
     (api, stop, handle)
@@ -920,6 +936,40 @@ async fn a_bulk_replay_republishes_the_open_ones_matching_the_filters() {
             .await,
         1,
         "only the discarded one"
+    );
+
+    stop.cancel();
+    handle.await.expect("operator stops");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_broker_a_replay_answers_503_and_the_dead_letter_stays_open() {
+    let mut world = World::new().await;
+    let id = stored(&world, Some("acme"), "invalid_job", b"{}", Utc::now()).await;
+    // Nothing listens on port 1: the HTTP API runs, the broker session never starts.
+    world.config.broker.amqp_url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned();
+    let (api, stop, handle) = api_without_waiting(&world).await;
+    assert_eq!(http_get(api.port, "/readyz", None).await.0, 503);
+    let (status, content_type, _) = api
+        .post(
+            &api.ops,
+            &format!("/v1/dead-letters/{id}/replay"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (503, "application/problem+json")
+    );
+    let (status, _, _) = api
+        .post(&api.ops, "/v1/dead-letters/replay", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 503);
+    // Reading needs no broker.
+    let (status, one) = api.get(&api.ops, &format!("/v1/dead-letters/{id}")).await;
+    assert_eq!(
+        (status, one["state"].clone()),
+        (200, serde_json::json!("open"))
     );
 
     stop.cancel();
