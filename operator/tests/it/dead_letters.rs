@@ -119,7 +119,10 @@ async fn foreign_copies_are_stored_with_typed_headers_and_repeats_are_counted_on
     let message = original(&world, Queue::Dispatching, &body, table, "m-1");
     let first = copy_of(&world, &message, "invalid_job", "dispatcher");
 
-    let outcomes = consumer.handle(&[first.clone()]).await.expect("stored");
+    let outcomes = consumer
+        .handle(std::slice::from_ref(&first))
+        .await
+        .expect("stored");
     let id = match outcomes.as_slice() {
         [DeadLetterOutcome::Recorded { id }] => *id,
         other => panic!("{other:?}"),
