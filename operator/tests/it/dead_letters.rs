@@ -15,7 +15,7 @@ use mailtrail_shared::history::EventType;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
 use mailtrail_shared::{headers, ids};
-use mailtrail_test_support::{eventually, http_post};
+use mailtrail_test_support::{TcpProxy, eventually, http_post};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -974,6 +974,88 @@ async fn without_a_broker_a_replay_answers_503_and_the_dead_letter_stays_open() 
         (status, one["state"].clone()),
         (200, serde_json::json!("open"))
     );
+
+    stop.cancel();
+    handle.await.expect("operator stops");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consumer_survives_cut_connections_and_counts_each_copy_once() {
+    const COPIES: usize = 60;
+    let mut world = World::new().await;
+    let (broker_proxy, amqp_url) = TcpProxy::for_url(&world.config.broker.amqp_url)
+        .await
+        .expect("proxy");
+    let (db_proxy, database_url) = TcpProxy::for_url(world.db.url()).await.expect("proxy");
+    world.config.broker.amqp_url = amqp_url;
+    world.config.database_url = database_url;
+    world.config.broker.amqp_heartbeat_secs = 2;
+    world.config.database_timeout_ms = 2000;
+    world.config.dead_letter_batch = 5;
+    let (api, stop, handle) = api(&world).await;
+
+    // Copies published directly (not through the proxies), while the connections are cut.
+    let publisher = Publisher::open(&world.connection).await.expect("publisher");
+    let copies: Vec<_> = (0..COPIES)
+        .map(|n| {
+            let message = original(
+                &world,
+                Queue::Dispatching,
+                format!("{{\"n\": {n}}}").as_bytes(),
+                FieldTable::default(),
+                &format!("job-{n}"),
+            );
+            SetAside::for_message(&message, "invalid_job", "what to fix", "dispatcher")
+                .message_for(&message, &world.config.topology())
+        })
+        .collect();
+    let stored_count = || world.count("SELECT count(*) FROM dead_letters");
+    publisher
+        .publish_all(&copies[..COPIES / 2])
+        .await
+        .expect("published");
+    eventually(
+        "the first copies are stored",
+        Duration::from_secs(20),
+        || async { (stored_count().await > 0).then_some(()) },
+    )
+    .await;
+    broker_proxy.cut();
+    publisher
+        .publish_all(&copies[COPIES / 2..])
+        .await
+        .expect("published");
+    db_proxy.cut();
+
+    eventually("every copy is stored", Duration::from_secs(40), || async {
+        (stored_count().await == COPIES as i64).then_some(())
+    })
+    .await;
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM dead_letters WHERE attempts <> 1")
+            .await,
+        0,
+        "a redelivered copy is not another attempt"
+    );
+    // The new session fills the API's publisher again: a replay goes through.
+    let id = uuid(
+        world
+            .query("SELECT id::text FROM dead_letters LIMIT 1")
+            .await[0]
+            .get(0),
+    );
+    let path = format!("/v1/dead-letters/{id}/replay");
+    eventually(
+        "a replay after the reconnect",
+        Duration::from_secs(20),
+        || async {
+            let (status, _, _) = api.post(&api.ops, &path, serde_json::json!({})).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(world.drain_queue(Queue::Dispatching).await.len(), 1);
 
     stop.cancel();
     handle.await.expect("operator stops");
