@@ -15,7 +15,7 @@
 
 use crate::db::with_deadline;
 use crate::dead_letter_consumer::replay_target;
-use crate::dead_letters::headers_from_json;
+use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
 use crate::http::{ApiError, ApiState, require_admin};
 use crate::keys::Principal;
 use crate::schema::dead_letters;
@@ -419,7 +419,13 @@ pub fn replay_message(
     body: &[u8],
     stored: &serde_json::Value,
 ) -> OutgoingMessage {
-    let mut original = stored["headers"].as_object().cloned().unwrap_or_default();
+    // Rows from before typed headers hold `Debug` text: their headers are not sent again.
+    let typed = stored["headers_format"].as_str() == Some(HEADERS_FORMAT);
+    let mut original = stored["headers"]
+        .as_object()
+        .filter(|_| typed)
+        .cloned()
+        .unwrap_or_default();
     for name in SET_ASIDE_HEADERS {
         original.remove(*name);
     }
@@ -760,5 +766,57 @@ async fn discard(
                 "discard_reason": if changed { Some(reason.to_owned()) } else { row.discard_reason },
             })))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_restores_typed_headers_and_ignores_legacy_debug_text() {
+        let topology = Topology::default();
+        let id = Uuid::new_v4();
+        let typed = serde_json::json!({
+            "headers_format": HEADERS_FORMAT,
+            "message_id": "m-1",
+            "content_type": "application/json",
+            "headers": {
+                "x-mailtrail-tenant": "acme",
+                "x-mailtrail-reason": "conflict",
+                "x-mailtrail-replay-of": "an earlier replay",
+                "x-n": 3,
+            },
+        });
+        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &typed);
+        assert_eq!(message.routing_key, topology.queue(Queue::Mailbox));
+        assert_eq!(message.body, b"{}");
+        let properties = &message.properties;
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            properties.message_id().as_ref().map(|m| m.as_str()),
+            Some("m-1")
+        );
+        let table = properties.headers().clone().unwrap_or_default();
+        assert_eq!(
+            table.inner().get("x-mailtrail-tenant"),
+            Some(&AMQPValue::LongString("acme".into()))
+        );
+        assert_eq!(table.inner().get("x-n"), Some(&AMQPValue::LongLongInt(3)));
+        assert!(!table.contains_key(headers::REASON));
+        assert_eq!(
+            table.inner().get(headers::REPLAY_OF),
+            Some(&AMQPValue::LongString(id.to_string().into()))
+        );
+
+        // A row written before typed headers held `Debug` text: only the replay header goes out.
+        let legacy = serde_json::json!({
+            "message_id": "m-1",
+            "headers": {"x-mailtrail-tenant": "LongString(\"acme\")"},
+        });
+        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &legacy);
+        let table = message.properties.headers().clone().unwrap_or_default();
+        assert_eq!(table.inner().len(), 1, "{table:?}");
+        assert!(table.contains_key(headers::REPLAY_OF));
     }
 }

@@ -62,6 +62,10 @@ pub async fn record_dead_letter(
         .await
 }
 
+/// Marks the `headers` column's format: rows written before it held `Debug` text, which a replay
+/// must not send as header values.
+pub const HEADERS_FORMAT: &str = "typed";
+
 /// What the `headers` column holds: the message's properties that matter for a replay and its
 /// header table as typed JSON. `message_id` and `user_id` are the original message's.
 pub fn stored_headers(
@@ -71,6 +75,7 @@ pub fn stored_headers(
     redelivered: bool,
 ) -> Value {
     json!({
+        "headers_format": HEADERS_FORMAT,
         "message_id": message_id.map(clean),
         "user_id": user_id.map(clean),
         "content_type": properties.content_type().as_ref().map(|c| clean(c.as_str())),
