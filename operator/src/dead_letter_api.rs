@@ -55,6 +55,8 @@ const SET_ASIDE_HEADERS: &[&str] = &[
     headers::ORIGINAL_MESSAGE_ID,
     headers::ORIGINAL_USER_ID,
     headers::REPLAY_OF,
+    // The broker's record of its own dead-lettering.
+    "x-death",
 ];
 
 /// Registers the routes (inside the `/v1` scope).

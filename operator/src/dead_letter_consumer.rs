@@ -9,6 +9,8 @@
 //! * A dispatch job given up after its retries (`retries_exhausted`) gets `failed` in its email's
 //!   history, with the id the dispatcher's own report carries, unless something at or beyond
 //!   `dispatched` is recorded already.
+//! * A message the broker dead-lettered itself (a policy pointing here) is recorded with the
+//!   queue and reason of its latest `x-death` entry, so it can be replayed to that queue.
 //! * Anything else on the queue — no headers, not JSON, not ours — is stored too, raw; nothing is
 //!   dropped and nothing blocks the queue.
 
@@ -23,7 +25,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures_util::{FutureExt, StreamExt};
 use lapin::Connection;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use mailtrail_broker::Incoming;
 use mailtrail_shared::dispatch::DispatchJob;
 use mailtrail_shared::history::EventType;
@@ -46,6 +48,8 @@ const UNLABELLED: &str = "unlabelled";
 const MAX_NAME: usize = 200;
 /// Longest detail kept (characters; not indexed).
 const MAX_DETAIL: usize = 4000;
+/// What a message the broker dead-lettered itself (`x-death`) is recorded as set aside by.
+const BROKER: &str = "rabbitmq";
 /// The dispatcher's name in `x-mailtrail-set-aside-by`.
 const DISPATCHER: &str = "dispatcher";
 
@@ -142,8 +146,26 @@ impl DeadLetterCopy {
                 .filter(|v| !v.trim().is_empty())
         };
         let header = |name: &str| text(name, MAX_NAME);
-        let source_queue = header(headers::SOURCE_QUEUE).unwrap_or_else(|| "unknown".to_owned());
-        let original_message_id = header(headers::ORIGINAL_MESSAGE_ID);
+        let name = |value: String| clean(&value.chars().take(MAX_NAME).collect::<String>());
+        // A copy a service set aside names the original's properties in headers; a message the
+        // broker dead-lettered itself (a policy) keeps them and says why in `x-death`.
+        let ours =
+            header(headers::DEAD_LETTER_ID).is_some() || header(headers::SET_ASIDE_BY).is_some();
+        let death = if ours { None } else { x_death(message) };
+        let source_queue = header(headers::SOURCE_QUEUE)
+            .or_else(|| death.as_ref().map(|(queue, _)| name(queue.clone())))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let (original_message_id, original_user_id) = if ours {
+            (
+                header(headers::ORIGINAL_MESSAGE_ID),
+                header(headers::ORIGINAL_USER_ID),
+            )
+        } else {
+            (
+                message.message_id().map(|m| name(m.to_owned())),
+                message.user_id().map(|u| name(u.to_owned())),
+            )
+        };
         let id = header(headers::DEAD_LETTER_ID)
             .and_then(|id| Uuid::parse_str(&id).ok())
             .unwrap_or_else(|| {
@@ -157,9 +179,18 @@ impl DeadLetterCopy {
         let job = serde_json::from_slice::<DispatchJob>(&message.body).ok();
         DeadLetterCopy {
             id,
-            reason: header(headers::REASON).unwrap_or_else(|| UNLABELLED.to_owned()),
-            detail: text(headers::REASON_DETAIL, MAX_DETAIL).unwrap_or_default(),
-            set_aside_by: header(headers::SET_ASIDE_BY).unwrap_or_else(|| "unknown".to_owned()),
+            reason: header(headers::REASON)
+                .or_else(|| death.as_ref().map(|(_, why)| name(format!("broker_{why}"))))
+                .unwrap_or_else(|| UNLABELLED.to_owned()),
+            detail: text(headers::REASON_DETAIL, MAX_DETAIL)
+                .or_else(|| {
+                    death.as_ref().map(|(_, why)| {
+                        format!("dead-lettered by RabbitMQ ({})", name(why.clone()))
+                    })
+                })
+                .unwrap_or_default(),
+            set_aside_by: header(headers::SET_ASIDE_BY)
+                .unwrap_or_else(|| if death.is_some() { BROKER } else { "unknown" }.to_owned()),
             set_aside_at: header(headers::SET_ASIDE_AT)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc)),
@@ -175,13 +206,34 @@ impl DeadLetterCopy {
             headers: stored_headers(
                 &message.properties,
                 original_message_id.as_deref(),
-                header(headers::ORIGINAL_USER_ID).as_deref(),
+                original_user_id.as_deref(),
                 message.redelivered,
             ),
             source_queue,
             body: message.body.clone(),
         }
     }
+}
+
+/// Where and why the broker dead-lettered a message itself: the latest `x-death` entry's queue
+/// and reason (`rejected`, `expired`, `maxlen`, `delivery_limit`).
+fn x_death(message: &Incoming) -> Option<(String, String)> {
+    let table = message.properties.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = table.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let text = |name: &str| match latest.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((
+        text("queue")?,
+        text("reason").unwrap_or_else(|| "unknown".to_owned()),
+    ))
 }
 
 async fn store(

@@ -170,6 +170,45 @@ async fn foreign_copies_are_stored_with_typed_headers_and_repeats_are_counted_on
     assert_eq!(typed["x-raw"]["bytes"], "AP8=");
     assert_eq!(typed[headers::REASON], "invalid_job");
 
+    // A message the broker dead-lettered itself names its queue and reason in `x-death`.
+    let mut death = FieldTable::default();
+    death.insert(
+        "queue".into(),
+        AMQPValue::LongString(world.queue(Queue::Tracking).into()),
+    );
+    death.insert("reason".into(), AMQPValue::LongString("expired".into()));
+    let mut table = FieldTable::default();
+    table.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(death)].into()),
+    );
+    let native = Incoming {
+        body: b"{}".to_vec(),
+        properties: BasicProperties::default()
+            .with_message_id("native-1".into())
+            .with_headers(table),
+        queue: Queue::DeadLetter,
+        queue_name: world.queue(Queue::DeadLetter),
+        redelivered: false,
+    };
+    let outcomes = consumer.handle(&[native]).await.expect("stored");
+    let DeadLetterOutcome::Recorded { id } = outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    let rows = world
+        .query(&format!(
+            "SELECT source_queue, reason, set_aside_by, headers->>'message_id'
+               FROM dead_letters WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), world.queue(Queue::Tracking));
+    assert_eq!(rows[0].get::<_, String>(1), "broker_expired");
+    assert_eq!(rows[0].get::<_, String>(2), "rabbitmq");
+    assert_eq!(
+        rows[0].get::<_, Option<String>>(3).as_deref(),
+        Some("native-1")
+    );
+
     // Anything else on the queue — no headers, not ours — is stored raw, never dropped.
     let stray = Incoming {
         body: b"\x00\x01".to_vec(),
