@@ -123,6 +123,8 @@ struct View {
     replay_count: i32,
     replayed_at: Option<DateTime<Utc>>,
     replayed_by: Option<String>,
+    /// Set aside again after its replay: the replay did not fix it (it is not replayed twice).
+    seen_after_replay: bool,
     discarded_at: Option<DateTime<Utc>>,
     discard_reason: Option<String>,
     discarded_by: Option<String>,
@@ -146,6 +148,7 @@ impl View {
             first_seen_at: row.first_seen_at,
             last_seen_at: row.last_seen_at,
             replay_count: row.replay_count,
+            seen_after_replay: row.replayed_at.is_some_and(|at| row.last_seen_at > at),
             replayed_at: row.replayed_at,
             replayed_by: row.replayed_by,
             discarded_at: row.discarded_at,

@@ -716,6 +716,20 @@ async fn a_replay_republishes_a_job_once_with_a_fresh_attempt_and_discard_closes
         .get(&api.acme_read, &format!("/v1/dead-letters/{id}"))
         .await;
     assert_eq!(one["state"], "replayed");
+    assert_eq!(one["seen_after_replay"], false);
+    // Set aside again after the replay: shown, not reopened.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = consumer(&world)
+        .handle(&[dispatcher_copy(&world, &job, "retries_exhausted")])
+        .await
+        .expect("stored");
+    assert_eq!(again, [DeadLetterOutcome::Repeated { id }]);
+    let (_, one) = api
+        .get(&api.acme_read, &format!("/v1/dead-letters/{id}"))
+        .await;
+    assert_eq!(one["state"], "replayed");
+    assert_eq!(one["seen_after_replay"], true);
+    assert_eq!(one["attempts"], 2);
 
     // Discard: a reason is required; a replayed one cannot be discarded.
     let other = stored(&world, Some("acme"), "invalid_job", b"{}", Utc::now()).await;
