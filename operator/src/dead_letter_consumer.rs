@@ -48,6 +48,8 @@ const UNLABELLED: &str = "unlabelled";
 const MAX_NAME: usize = 200;
 /// Longest detail kept (characters; not indexed).
 const MAX_DETAIL: usize = 4000;
+/// Most body bytes stored in one transaction (a single larger message is stored alone).
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// What a message the broker dead-lettered itself (`x-death`) is recorded as set aside by.
 const BROKER: &str = "rabbitmq";
 /// The dispatcher's name in `x-mailtrail-set-aside-by`.
@@ -393,9 +395,17 @@ pub async fn dead_letter_loop(
             item = deliveries.next() => item,
         };
         let mut batch = vec![delivery(first)?];
-        while batch.len() < batch_size.max(1) {
+        // Bounded by bytes too: a batch of large bodies (requests set aside as too large) must
+        // not outgrow the transaction's deadline, or it would fail the same way on every
+        // redelivery.
+        let mut bytes = batch[0].data.len();
+        while batch.len() < batch_size.max(1) && bytes < MAX_BATCH_BYTES {
             match deliveries.next().now_or_never() {
-                Some(item) => batch.push(delivery(item)?),
+                Some(item) => {
+                    let next = delivery(item)?;
+                    bytes += next.data.len();
+                    batch.push(next);
+                }
                 None => break,
             }
         }
