@@ -7,6 +7,7 @@ use crate::db::{self, DbPool};
 use crate::http::{self, ApiState};
 use crate::intake::Intake;
 use crate::relay::Relay;
+use crate::status_events::{StatusRelay, status_relay_loop};
 use crate::tracking::Tracker;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
@@ -164,12 +165,28 @@ impl Operator {
                 self.config.database_timeout(),
             )
             .with_suppression_policy(self.config.suppression_policy());
+            let status_relay = StatusRelay::new(
+                self.pool.clone(),
+                if self.config.status_events {
+                    Some(Publisher::open(&connection).await?)
+                } else {
+                    None
+                },
+                &topology,
+                self.config.status_relay_batch,
+                self.config.database_timeout(),
+            );
             let session_stop = shutdown.child_token();
             self.broker_ready.store(true, Ordering::Relaxed);
             let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());
             let intake_loop = intake_loop(&connection, intake, &self.config, session_stop.clone());
             let tracking_loop =
                 tracking_loop(&connection, tracker, &self.config, session_stop.clone());
+            let status_loop = status_relay_loop(
+                status_relay,
+                Duration::from_millis(self.config.status_relay_interval_ms.max(10)),
+                session_stop.clone(),
+            );
             // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
                 async {
@@ -184,6 +201,11 @@ impl Operator {
                 },
                 async {
                     let r = relay_loop.await;
+                    session_stop.cancel();
+                    r
+                },
+                async {
+                    let r = status_loop.await;
                     session_stop.cancel();
                     r
                 }

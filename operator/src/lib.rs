@@ -10,6 +10,8 @@
 //!   unsubscribes and consulted by the intake.
 //! * [`scheduling`]: cancelling a scheduled email before it leaves; [`clock`]: the operator's
 //!   "now", manual in tests.
+//! * [`status_events`]: publishes every recorded event to the `<prefix>events` topic exchange
+//!   for apps, from an outbox filled by a trigger.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -28,6 +30,7 @@ pub mod relay;
 pub mod retention;
 pub mod scheduling;
 pub mod schema;
+pub mod status_events;
 pub mod suppressions;
 pub mod tracking;
 

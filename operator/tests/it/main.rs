@@ -12,6 +12,7 @@ mod reconnect;
 mod retention;
 mod scheduling;
 mod shutdown;
+mod status_events;
 mod suppressions;
 mod tracking;
 mod webhooks;
