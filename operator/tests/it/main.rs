@@ -11,6 +11,7 @@ mod intake;
 mod reconnect;
 mod retention;
 mod scheduling;
+mod several_operators;
 mod shutdown;
 mod status_events;
 mod suppressions;
