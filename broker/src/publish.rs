@@ -65,15 +65,35 @@ impl Publisher {
     /// Publishes every message with `mandatory` set, keeping them all in flight, then waits for
     /// every confirm. Succeeds only if each one was acked *and* routed to a queue.
     pub async fn publish_all(&self, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        self.publish_via("", true, messages).await
+    }
+
+    /// Publishes every message to a (topic) exchange and waits for every confirm. Not
+    /// `mandatory`: a message no queue is bound for is the subscribers' choice, not an error
+    /// (status events nobody listens to). Acked means the broker took responsibility for it.
+    pub async fn publish_to_exchange(
+        &self,
+        exchange: &str,
+        messages: &[OutgoingMessage],
+    ) -> Result<(), PublishError> {
+        self.publish_via(exchange, false, messages).await
+    }
+
+    async fn publish_via(
+        &self,
+        exchange: &str,
+        mandatory: bool,
+        messages: &[OutgoingMessage],
+    ) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(messages.len());
         for message in messages {
             let confirm = self
                 .channel
                 .basic_publish(
-                    "".into(),
+                    exchange.into(),
                     message.routing_key.as_str().into(),
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..BasicPublishOptions::default()
                     },
                     &message.body,

@@ -1,10 +1,11 @@
 use anyhow::Context;
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use mailtrail_shared::topology::{Queue, Topology};
 
-/// Declares every queue of the topology (idempotent). Arguments are only `x-queue-type`, so a
+/// Declares every queue of the topology and the status events exchange (idempotent). Arguments are only `x-queue-type`, so a
 /// later change of limits goes through broker policies, never a `PRECONDITION_FAILED` here.
 pub async fn declare_topology(channel: &Channel, topology: &Topology) -> anyhow::Result<()> {
     for spec in topology.queues() {
@@ -31,6 +32,19 @@ pub async fn declare_topology(channel: &Channel, topology: &Topology) -> anyhow:
                 )
             })?;
     }
+    let exchange = topology.events_exchange();
+    channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot declare the status events exchange {exchange:?}"))?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use crate::dead_letter_consumer::{DeadLetterConsumer, dead_letter_loop};
 use crate::http::{self, ApiState, PublisherSlot};
 use crate::intake::Intake;
 use crate::relay::Relay;
+use crate::status_events::{StatusRelay, status_relay_loop};
 use crate::tracking::Tracker;
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
@@ -170,6 +171,17 @@ impl Operator {
                 self.config.database_timeout(),
             )
             .with_suppression_policy(self.config.suppression_policy());
+            let status_relay = StatusRelay::new(
+                self.pool.clone(),
+                if self.config.status_events {
+                    Some(Publisher::open(&connection).await?)
+                } else {
+                    None
+                },
+                &topology,
+                self.config.status_relay_batch,
+                self.config.database_timeout(),
+            );
             let session_stop = shutdown.child_token();
             // A channel of its own, so an API replay never waits behind the relay's confirms.
             *self.api_publisher.write().await = Some(Publisher::open(&connection).await?);
@@ -196,6 +208,11 @@ impl Operator {
                 session_stop.cancel();
                 r
             };
+            let status_loop = status_relay_loop(
+                status_relay,
+                Duration::from_millis(self.config.status_relay_interval_ms.max(10)),
+                session_stop.clone(),
+            );
             // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
                 dead_letters,
@@ -211,6 +228,11 @@ impl Operator {
                 },
                 async {
                     let r = relay_loop.await;
+                    session_stop.cancel();
+                    r
+                },
+                async {
+                    let r = status_loop.await;
                     session_stop.cancel();
                     r
                 }

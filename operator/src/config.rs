@@ -125,6 +125,23 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 
+    /// Publish every recorded event to the `<prefix>events` topic exchange for apps
+    /// (docs/status-events.md). Off, the queued events are dropped unpublished.
+    #[arg(long, env = "MAILTRAIL_STATUS_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub status_events: bool,
+
+    /// Largest number of status events the status relay publishes per round.
+    #[arg(long, env = "MAILTRAIL_STATUS_RELAY_BATCH", default_value_t = 500)]
+    pub status_relay_batch: i64,
+
+    /// How often the status relay looks for new events when idle (milliseconds).
+    #[arg(
+        long,
+        env = "MAILTRAIL_STATUS_RELAY_INTERVAL_MS",
+        default_value_t = 100
+    )]
+    pub status_relay_interval_ms: u64,
+
     /// Largest accepted mailbox request, in bytes.
     #[arg(long, env = "MAILTRAIL_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_request_bytes: usize,

@@ -270,56 +270,64 @@ async fn message_history(
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
     let found = with_deadline(state.db_timeout, "message history", async {
         let mut conn = state.pool.get().await?;
-        let row: Option<MessageRow> = emails::table
-            .inner_join(requests::table)
-            .filter(emails::id.eq(id))
-            .select((
-                emails::id,
-                emails::tenant,
-                emails::recipient,
-                emails::status,
-                emails::created_at,
-                requests::request_key,
-                requests::from_address,
-                requests::subject,
-                requests::tags,
-                requests::metadata,
-            ))
-            .first(&mut conn)
+        // One snapshot: the summary status and the events must tell the same story even while
+        // the relay or the tracker commits between the queries.
+        conn.build_transaction()
+            .read_only()
+            .repeatable_read()
+            .run::<_, anyhow::Error, _>(async |conn| {
+                let row: Option<MessageRow> = emails::table
+                    .inner_join(requests::table)
+                    .filter(emails::id.eq(id))
+                    .select((
+                        emails::id,
+                        emails::tenant,
+                        emails::recipient,
+                        emails::status,
+                        emails::created_at,
+                        requests::request_key,
+                        requests::from_address,
+                        requests::subject,
+                        requests::tags,
+                        requests::metadata,
+                    ))
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some(row) = row else { return Ok(None) };
+                if !principal.may_see(&row.1) {
+                    return Ok(None);
+                }
+                let summary: SummaryRow = emails::table
+                    .filter(emails::id.eq(id))
+                    .select((
+                        emails::provider,
+                        emails::provider_message_id,
+                        emails::open_count,
+                        emails::click_count,
+                        emails::first_opened_at,
+                        emails::first_clicked_at,
+                    ))
+                    .first(conn)
+                    .await?;
+                let history: Vec<EventRow> = events::table
+                    .filter(events::email_id.eq(id))
+                    .order((events::occurred_at, events::lifecycle_rank, events::seq))
+                    .select((
+                        events::event_type,
+                        events::occurred_at,
+                        events::recorded_at,
+                        events::source,
+                        events::seq,
+                        events::details,
+                        events::provider,
+                        events::provider_event_id,
+                    ))
+                    .load(conn)
+                    .await?;
+                Ok(Some((row, summary, history)))
+            })
             .await
-            .optional()?;
-        let Some(row) = row else { return Ok(None) };
-        if !principal.may_see(&row.1) {
-            return Ok(None);
-        }
-        let summary: SummaryRow = emails::table
-            .filter(emails::id.eq(id))
-            .select((
-                emails::provider,
-                emails::provider_message_id,
-                emails::open_count,
-                emails::click_count,
-                emails::first_opened_at,
-                emails::first_clicked_at,
-            ))
-            .first(&mut conn)
-            .await?;
-        let history: Vec<EventRow> = events::table
-            .filter(events::email_id.eq(id))
-            .order((events::occurred_at, events::lifecycle_rank, events::seq))
-            .select((
-                events::event_type,
-                events::occurred_at,
-                events::recorded_at,
-                events::source,
-                events::seq,
-                events::details,
-                events::provider,
-                events::provider_event_id,
-            ))
-            .load(&mut conn)
-            .await?;
-        Ok(Some((row, summary, history)))
     })
     .await
     .map_err(ApiError::Unavailable)?;

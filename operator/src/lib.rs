@@ -12,6 +12,8 @@
 //!   "now", manual in tests.
 //! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
 //!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
+//! * [`status_events`]: publishes every recorded event to the `<prefix>events` topic exchange
+//!   for apps, from an outbox filled by a trigger.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -32,6 +34,7 @@ pub mod relay;
 pub mod retention;
 pub mod scheduling;
 pub mod schema;
+pub mod status_events;
 pub mod suppressions;
 pub mod tracking;
 

@@ -9,5 +9,6 @@ pub mod dispatch;
 pub mod headers;
 pub mod history;
 pub mod ids;
+pub mod status;
 pub mod topology;
 pub mod tracking;

@@ -136,6 +136,12 @@ impl Topology {
         format!("{}.delay-{delay_secs}s", self.queue(work_queue))
     }
 
+    /// The topic exchange status events are published to, e.g. `mailtrail.events`. Apps bind
+    /// their own queues to it with `email.<tenant>.<type>` patterns ([`status_routing_key`]).
+    pub fn events_exchange(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
     /// Every queue to declare, with its declare arguments (name, argument list).
     pub fn queues(&self) -> Vec<QueueSpec> {
         Queue::ALL
@@ -147,6 +153,12 @@ impl Topology {
             })
             .collect()
     }
+}
+
+/// The routing key of a status event: `email.<tenant>.<type>`, so `email.acme.#` is one
+/// tenant's events and `email.*.bounced` one type's. Tenants are `[a-z0-9_-]`, never a dot.
+pub fn status_routing_key(tenant: &str, event_type: &str) -> String {
+    format!("email.{tenant}.{event_type}")
 }
 
 /// One queue to declare: durable, not exclusive, not auto-deleted, with `x-queue-type` only.
@@ -170,6 +182,8 @@ mod tests {
         }
         assert_eq!(t.role_of("other.mailbox"), None);
         assert_eq!(t.queues().len(), Queue::ALL.len());
+        assert_eq!(t.events_exchange(), "t1.events");
+        assert_eq!(status_routing_key("acme", "bounced"), "email.acme.bounced");
     }
 
     #[test]

@@ -121,3 +121,68 @@ fn schema_and_decoder_agree_on_structural_mistakes() {
     assert!(validator.is_valid(&instance), "the schema refuses {fine}");
     assert_eq!(decode_reason(&fine), Ok(()));
 }
+
+/// The status event schema describes what the operator serialises, and names every event type.
+#[test]
+fn a_status_event_matches_its_published_schema() {
+    use mailtrail_shared::history::EventType;
+    use mailtrail_shared::status::{STATUS_EVENT_VERSION, StatusEvent};
+    let schema_text = std::fs::read_to_string(docs().join("status-event.v1.schema.json"))
+        .expect("the status event schema");
+    let schema: Value = serde_json::from_str(&schema_text).expect("the schema is JSON");
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the schema compiles");
+    for event_type in EventType::ALL {
+        let event = StatusEvent {
+            version: STATUS_EVENT_VERSION,
+            event_id: uuid::Uuid::new_v4(),
+            email_id: uuid::Uuid::new_v4(),
+            id: "order-42".into(),
+            request_id: uuid::Uuid::new_v4(),
+            tenant: "acme".into(),
+            event_type: event_type.as_str().into(),
+            occurred_at: chrono::Utc::now(),
+            seq: 3,
+            recipient: "Ann@Example.com".into(),
+            metadata: serde_json::json!({"order": "42"}),
+            source: "dispatcher".into(),
+            provider: Some("smtp".into()),
+            provider_message_id: None,
+            details: serde_json::json!({"attempt": 1}),
+        };
+        let json = serde_json::to_value(&event).expect("serialises");
+        let errors: Vec<String> = validator
+            .iter_errors(&json)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{event_type:?}: {errors:?}");
+        assert!(
+            schema_text.contains(&format!(" {},", event_type.as_str()))
+                || schema_text.contains(&format!(" {} (", event_type.as_str())),
+            "the schema's type description lists {}",
+            event_type.as_str()
+        );
+    }
+    let mut wrong = serde_json::to_value(StatusEvent {
+        version: 1,
+        event_id: uuid::Uuid::new_v4(),
+        email_id: uuid::Uuid::new_v4(),
+        id: "x".into(),
+        request_id: uuid::Uuid::new_v4(),
+        tenant: "acme".into(),
+        event_type: "queued".into(),
+        occurred_at: chrono::Utc::now(),
+        seq: 1,
+        recipient: "a@b.c".into(),
+        metadata: serde_json::json!({}),
+        source: "operator".into(),
+        provider: None,
+        provider_message_id: None,
+        details: serde_json::json!({}),
+    })
+    .expect("serialises");
+    wrong["seq"] = 0.into();
+    assert!(!validator.is_valid(&wrong), "seq starts at 1");
+}

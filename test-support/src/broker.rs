@@ -1,6 +1,6 @@
 //! A queue prefix per test on the shared RabbitMQ, cleaned up on drop.
 
-use lapin::options::QueueDeleteOptions;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Connection, ConnectionProperties};
 use mailtrail_shared::topology::{Queue, QueueType, Topology};
 use std::sync::Mutex;
@@ -116,9 +116,10 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let names = self.queues_to_delete();
+        let exchange = self.topology().events_exchange();
         let prefix = self.prefix.clone();
         let result = crate::run_detached(Duration::from_secs(30), async move {
-            delete_queues(&names).await
+            delete_queues(&names, &exchange).await
         });
         if let Err(e) = result {
             eprintln!("test-support: could not delete the queues of {prefix}*: {e:#}");
@@ -126,9 +127,10 @@ impl Drop for TestBroker {
     }
 }
 
-/// Deletes the queues (unconditionally: with messages and consumers). A failed delete closes the
-/// channel, so each failure opens a new one and the rest are still tried.
-async fn delete_queues(names: &[String]) -> anyhow::Result<()> {
+/// Deletes the queues (unconditionally: with messages and consumers), then the status events
+/// exchange. A failed delete closes the channel, so each failure opens a new one and the rest
+/// are still tried.
+async fn delete_queues(names: &[String], exchange: &str) -> anyhow::Result<()> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let mut channel = conn.create_channel().await?;
     let mut failures = Vec::new();
@@ -140,6 +142,12 @@ async fn delete_queues(names: &[String]) -> anyhow::Result<()> {
             failures.push(format!("{name}: {e}"));
             channel = conn.create_channel().await?;
         }
+    }
+    if let Err(e) = channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await
+    {
+        failures.push(format!("exchange {exchange}: {e}"));
     }
     let _ = conn.close(200, "test done".into()).await;
     if failures.is_empty() {

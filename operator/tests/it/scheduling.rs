@@ -9,7 +9,8 @@ use mailtrail_operator::intake::{Intake, IntakeOutcome};
 use mailtrail_operator::keys::{self, Role};
 use mailtrail_operator::relay::Relay;
 use mailtrail_shared::topology::Queue;
-use mailtrail_test_support::{eventually, http_delete};
+use mailtrail_smtp_capture::SmtpCapture;
+use mailtrail_test_support::{ServiceProcess, eventually, http_delete};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,4 +286,91 @@ async fn cancelling_withdraws_a_scheduled_email_within_the_keys_scope() {
 
     stop.cancel();
     handle.await.expect("operator");
+}
+
+/// Live, through the real binaries: an email due in a few seconds waits in the database across
+/// an operator restart, then leaves once, not before it was due.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_email_survives_an_operator_restart_and_leaves_once_when_due() {
+    let world = World::new().await;
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    let spawn_operator = || {
+        ServiceProcess::spawn(
+            "operator",
+            env!("CARGO_BIN_EXE_operator"),
+            &["run"],
+            &world.operator_env(),
+        )
+        .expect("start the operator")
+    };
+    let mut operator = spawn_operator();
+    let mut dispatcher = crate::flight::dispatcher(&world, &smtp, None);
+    let send_at = Utc::now() + Span::seconds(8);
+    let body = request("soon", &["ann@example.com".into()], Some(send_at));
+    world.publish(Queue::Mailbox, body.as_bytes(), None).await;
+    let email = mailtrail_shared::ids::email_id("acme", "soon", "ann@example.com");
+    eventually("the email is scheduled", Duration::from_secs(20), || {
+        let world = &world;
+        async move {
+            let n = world
+                .count(&format!(
+                    "SELECT count(*) FROM events WHERE email_id = '{email}'"
+                ))
+                .await;
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(timeline(&world, email).await, "accepted,scheduled");
+
+    operator.terminate();
+    let status = operator
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "operator exits 0: {status:?}");
+    // The restart happens while the email waits, or the test proves nothing.
+    assert!(Utc::now() < send_at, "the operator stopped too late");
+    assert_eq!(smtp.message_count(), 0);
+    let mut operator = spawn_operator();
+
+    eventually("the email is dispatched", Duration::from_secs(60), || {
+        let world = &world;
+        async move {
+            timeline(world, email)
+                .await
+                .ends_with("dispatched")
+                .then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        timeline(&world, email).await,
+        "accepted,scheduled,queued,dispatched"
+    );
+    let row = &world
+        .query(&format!(
+            "SELECT q.occurred_at >= (s.details->>'send_at')::timestamptz,
+                    q.occurred_at::text, s.details->>'send_at'
+               FROM events q JOIN events s ON s.email_id = q.email_id
+              WHERE q.email_id = '{email}' AND q.event_type = 'queued'
+                AND s.event_type = 'scheduled'"
+        ))
+        .await[0];
+    assert!(
+        row.get::<_, bool>(0),
+        "released at {}, due at {}",
+        row.get::<_, String>(1),
+        row.get::<_, String>(2)
+    );
+    assert_eq!(smtp.message_count(), 1);
+
+    for process in [&mut operator, &mut dispatcher] {
+        process.terminate();
+        let status = process
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .expect("exits after SIGTERM");
+        assert!(status.success(), "{} exits 0: {status:?}", process.name());
+    }
 }
