@@ -994,6 +994,44 @@ async fn a_bulk_replay_republishes_the_open_ones_matching_the_filters() {
         "only the discarded one"
     );
 
+    // More than one transaction's worth: the limit holds across chunks, and the rest follows.
+    world
+        .query(&format!(
+            "INSERT INTO dead_letters (id, source_queue, reason, detail, tenant, set_aside_by,
+                                       body, headers)
+             SELECT gen_random_uuid(), '{}', 'invalid_job', '', 'initech', 'dispatcher',
+                    convert_to(n::text, 'UTF8'), '{{}}'::jsonb
+               FROM generate_series(1, 150) AS n",
+            world.queue(Queue::Dispatching)
+        ))
+        .await;
+    let (_, _, body) = api
+        .post(
+            &api.ops,
+            "/v1/dead-letters/replay?tenant=initech&limit=120",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        (body["replayed"].clone(), body["more"].clone()),
+        (serde_json::json!(120), serde_json::json!(true)),
+        "{body}"
+    );
+    assert_eq!(world.drain_queue(Queue::Dispatching).await.len(), 120);
+    let (_, _, body) = api
+        .post(
+            &api.ops,
+            "/v1/dead-letters/replay?tenant=initech",
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(
+        (body["replayed"].clone(), body["more"].clone()),
+        (serde_json::json!(30), serde_json::json!(false)),
+        "{body}"
+    );
+    assert_eq!(world.drain_queue(Queue::Dispatching).await.len(), 30);
+
     stop.cancel();
     handle.await.expect("operator stops");
 }
