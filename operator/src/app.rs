@@ -4,7 +4,8 @@
 
 use crate::config::OperatorConfig;
 use crate::db::{self, DbPool};
-use crate::http::{self, ApiState};
+use crate::dead_letter_consumer::{DeadLetterConsumer, dead_letter_loop};
+use crate::http::{self, ApiState, PublisherSlot};
 use crate::intake::Intake;
 use crate::relay::Relay;
 use crate::status_events::{StatusRelay, status_relay_loop};
@@ -28,6 +29,8 @@ pub struct Operator {
     pool: DbPool,
     listener: std::net::TcpListener,
     broker_ready: Arc<AtomicBool>,
+    /// The API's publisher (replays), filled by each broker session.
+    api_publisher: PublisherSlot,
 }
 
 impl Operator {
@@ -53,6 +56,7 @@ impl Operator {
             pool,
             listener,
             broker_ready: Arc::new(AtomicBool::new(false)),
+            api_publisher: PublisherSlot::default(),
         })
     }
 
@@ -70,6 +74,8 @@ impl Operator {
             pool: self.pool.clone(),
             db_timeout: self.config.database_timeout(),
             broker_ready: self.broker_ready.clone(),
+            publisher: self.api_publisher.clone(),
+            topology: self.config.topology(),
         };
         let listener = self.listener.try_clone()?;
         let server = actix_web::HttpServer::new(move || {
@@ -177,6 +183,8 @@ impl Operator {
                 self.config.database_timeout(),
             );
             let session_stop = shutdown.child_token();
+            // A channel of its own, so an API replay never waits behind the relay's confirms.
+            *self.api_publisher.write().await = Some(Publisher::open(&connection).await?);
             self.broker_ready.store(true, Ordering::Relaxed);
             let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());
             let intake_loop = intake_loop(&connection, intake, &self.config, session_stop.clone());
@@ -187,8 +195,27 @@ impl Operator {
                 Duration::from_millis(self.config.status_relay_interval_ms.max(10)),
                 session_stop.clone(),
             );
+            let dead_letters = async {
+                if !self.config.dead_letter_consumer {
+                    return Ok(());
+                }
+                let consumer =
+                    DeadLetterConsumer::new(self.pool.clone(), self.config.database_timeout());
+                let r = dead_letter_loop(
+                    &connection,
+                    consumer,
+                    &topology,
+                    self.config.dead_letter_prefetch,
+                    self.config.dead_letter_batch,
+                    session_stop.clone(),
+                )
+                .await;
+                session_stop.cancel();
+                r
+            };
             // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
+                dead_letters,
                 async {
                     let r = tracking_loop.await;
                     session_stop.cancel();
@@ -214,6 +241,7 @@ impl Operator {
         }
         .await;
         self.broker_ready.store(false, Ordering::Relaxed);
+        *self.api_publisher.write().await = None;
         // Closing the connection hands every unacked delivery back to its queue.
         close_connection(&connection, "operator session ending").await;
         result

@@ -83,6 +83,19 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_RETENTION_INTERVAL_SECS", default_value_t = 600)]
     pub retention_interval_secs: u64,
 
+    /// Whether the operator consumes `<prefix>dead-letter` into the `dead_letters` table
+    /// (everything any service set aside). Turn it off only to read that queue yourself.
+    #[arg(long, env = "MAILTRAIL_DEAD_LETTER_CONSUMER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dead_letter_consumer: bool,
+
+    /// Dead-letter messages the broker may hand the consumer before it acks.
+    #[arg(long, env = "MAILTRAIL_DEAD_LETTER_PREFETCH", default_value_t = 100)]
+    pub dead_letter_prefetch: u16,
+
+    /// Largest number of dead letters stored in one transaction.
+    #[arg(long, env = "MAILTRAIL_DEAD_LETTER_BATCH", default_value_t = 50)]
+    pub dead_letter_batch: usize,
+
     /// Address of the operator's HTTP API.
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,

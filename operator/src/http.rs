@@ -19,7 +19,9 @@ use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use mailtrail_broker::Publisher;
 use mailtrail_shared::address::Address;
+use mailtrail_shared::topology::Topology;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +32,10 @@ use uuid::Uuid;
 /// The paths that answer without an API key. Everything else needs one.
 pub const PUBLIC_PATHS: &[&str] = mailtrail_runtime::HEALTH_PATHS;
 
+/// The publisher of the running broker session, filled by each session and emptied when it
+/// ends: the HTTP server outlives sessions.
+pub type PublisherSlot = Arc<tokio::sync::RwLock<Option<Publisher>>>;
+
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct ApiState {
@@ -37,6 +43,10 @@ pub struct ApiState {
     pub db_timeout: Duration,
     /// Set while the operator holds a working broker session.
     pub broker_ready: Arc<AtomicBool>,
+    /// For replays of dead letters; `None` while there is no broker session.
+    pub publisher: PublisherSlot,
+    /// Queue names (where a dead letter goes back to).
+    pub topology: Topology,
 }
 
 /// An API error, rendered as problem+json.
@@ -54,6 +64,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("the database is unavailable; try again shortly")]
     Unavailable(#[source] anyhow::Error),
+    #[error("the broker is unavailable; try again shortly")]
+    BrokerUnavailable(#[source] anyhow::Error),
 }
 
 impl ResponseError for ApiError {
@@ -64,12 +76,14 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::BrokerUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        if let ApiError::Unavailable(cause) = self {
+        if let ApiError::Unavailable(cause) | ApiError::BrokerUnavailable(cause) = self {
             tracing::error!(error = %format!("{cause:#}"), "API request failed");
         }
         let status = self.status_code();
@@ -95,6 +109,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
+                .configure(crate::dead_letter_api::routes)
                 .route("/messages/{id}", web::get().to(message_history))
                 .route("/messages/{id}", web::delete().to(cancel_message))
                 .route("/suppressions", web::get().to(list_suppressions))
@@ -469,7 +484,7 @@ fn decode_cursor(cursor: &str) -> Option<(String, String)> {
 }
 
 /// `change` names what the caller tried, for the error ("changing suppressions").
-fn require_admin(principal: &Principal, change: &str) -> Result<(), ApiError> {
+pub(crate) fn require_admin(principal: &Principal, change: &str) -> Result<(), ApiError> {
     match principal.role {
         Role::Admin => Ok(()),
         Role::Read => Err(ApiError::Forbidden(format!(

@@ -12,6 +12,8 @@
 //!   "now", manual in tests.
 //! * [`status_events`]: publishes every recorded event to the `<prefix>events` topic exchange
 //!   for apps, from an outbox filled by a trigger.
+//! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
+//!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -19,6 +21,8 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod dead_letter_api;
+pub mod dead_letter_consumer;
 pub mod dead_letters;
 pub mod faults;
 pub mod history;

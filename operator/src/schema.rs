@@ -94,6 +94,12 @@ diesel::table! {
         attempts -> Int4,
         first_seen_at -> Timestamptz,
         last_seen_at -> Timestamptz,
+        replayed_at -> Nullable<Timestamptz>,
+        replay_count -> Int4,
+        replayed_by -> Nullable<Text>,
+        discarded_at -> Nullable<Timestamptz>,
+        discard_reason -> Nullable<Text>,
+        discarded_by -> Nullable<Text>,
     }
 }
 

@@ -32,6 +32,8 @@ pub const DEAD_LETTER_ID: &str = "x-mailtrail-dead-letter-id";
 pub const ORIGINAL_MESSAGE_ID: &str = "x-mailtrail-original-message-id";
 /// The broker user that published the original message (its `user_id` property), when set.
 pub const ORIGINAL_USER_ID: &str = "x-mailtrail-original-user-id";
+/// On a message republished from the dead letters by an admin: the dead letter's id (UUID).
+pub const REPLAY_OF: &str = "x-mailtrail-replay-of";
 
 /// The content type of every mailtrail message and of mailbox requests.
 pub const JSON_CONTENT_TYPE: &str = "application/json";

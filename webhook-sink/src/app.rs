@@ -14,12 +14,15 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use ipnet::IpNet;
 use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
 use mailtrail_broker::{
     Incoming, OutgoingMessage, Publisher, SetAside, close_connection, connect, declare_topology,
     json_properties,
 };
 use mailtrail_runtime::{Readiness, health_routes, supervise};
+use mailtrail_shared::headers;
 use mailtrail_shared::topology::{Queue, Topology};
+use mailtrail_shared::tracking::ANY_TENANT;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -548,10 +551,20 @@ async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
             Item::Unmapped { detail, raw } => {
                 // One odd event is set aside alone; the rest of the batch is accepted.
                 set_aside += 1;
+                // The credential's tenant travels with the copy, so the dead letter is visible
+                // to that tenant's keys (a credential for every tenant names none).
+                let mut table = FieldTable::default();
+                if tenant != ANY_TENANT {
+                    table.insert(
+                        headers::TENANT.into(),
+                        AMQPValue::LongString(tenant.clone().into()),
+                    );
+                }
                 let original = Incoming {
                     body: raw,
                     properties: BasicProperties::default()
-                        .with_message_id(format!("{provider}:{label}:{index}").into()),
+                        .with_message_id(format!("{provider}:{label}:{index}").into())
+                        .with_headers(table),
                     queue: Queue::Tracking,
                     queue_name: format!("webhook:{provider}"),
                     redelivered: false,

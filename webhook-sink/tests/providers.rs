@@ -959,6 +959,11 @@ async fn sendgrid_an_unmappable_item_is_set_aside_alone_and_the_rest_of_the_batc
         header_string(properties, headers::SOURCE_QUEUE).as_deref(),
         Some("webhook:sendgrid")
     );
+    assert_eq!(
+        header_string(properties, headers::TENANT).as_deref(),
+        Some("globex"),
+        "the credential's tenant, so the dead letter is visible to that tenant"
+    );
     let copy: Value = serde_json::from_slice(raw).expect("the item's JSON");
     assert_eq!(copy, warp, "the odd item alone, as received");
 

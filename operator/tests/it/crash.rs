@@ -16,6 +16,8 @@ const REQUEST: &str = r#"{
 
 fn operator(world: &World, name: &str, fault: Option<&str>) -> ServiceProcess {
     let mut env = world.operator_env();
+    // The test reads the dead-letter queue itself.
+    env.push(("MAILTRAIL_DEAD_LETTER_CONSUMER", "false".to_owned()));
     if let Some(point) = fault {
         env.push(("MAILTRAIL_FAULT", point.to_owned()));
     }

@@ -3,6 +3,7 @@
 
 mod api;
 mod crash;
+mod dead_letters;
 mod examples;
 mod flight;
 mod helpers;

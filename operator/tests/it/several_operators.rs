@@ -38,8 +38,8 @@ async fn two_operators_record_once_publish_once_and_release_scheduled_mail_once(
     let mut first = operator(&world, "operator-1");
     let mut second = operator(&world, "operator-2");
 
-    let send_at = (Utc::now() + chrono::Duration::seconds(4))
-        .to_rfc3339_opts(SecondsFormat::Secs, true);
+    let send_at =
+        (Utc::now() + chrono::Duration::seconds(4)).to_rfc3339_opts(SecondsFormat::Secs, true);
     let requests: Vec<String> = (0..IMMEDIATE + SCHEDULED)
         .map(|n| {
             let mut request = serde_json::json!({
@@ -55,7 +55,9 @@ async fn two_operators_record_once_publish_once_and_release_scheduled_mail_once(
     // Every request twice: the two operators race on the same keys.
     for _ in 0..2 {
         for request in &requests {
-            world.publish(Queue::Mailbox, request.as_bytes(), None).await;
+            world
+                .publish(Queue::Mailbox, request.as_bytes(), None)
+                .await;
         }
     }
     let emails = (IMMEDIATE + SCHEDULED) as i64;
@@ -65,15 +67,19 @@ async fn two_operators_record_once_publish_once_and_release_scheduled_mail_once(
         || async { (count_type(&world, "queued").await == emails).then_some(()) },
     )
     .await;
-    eventually("both mailbox copies consumed", Duration::from_secs(30), || {
-        let world = &world;
-        async move {
-            let (ready, _) = queue_depth(&world.channel, &world.queue(Queue::Mailbox))
-                .await
-                .expect("mailbox depth");
-            (ready == 0).then_some(())
-        }
-    })
+    eventually(
+        "both mailbox copies consumed",
+        Duration::from_secs(30),
+        || {
+            let world = &world;
+            async move {
+                let (ready, _) = queue_depth(&world.channel, &world.queue(Queue::Mailbox))
+                    .await
+                    .expect("mailbox depth");
+                (ready == 0).then_some(())
+            }
+        },
+    )
     .await;
 
     // With no dispatcher yet, the dispatching queue holds exactly what was published.
@@ -96,9 +102,11 @@ async fn two_operators_record_once_publish_once_and_release_scheduled_mail_once(
     assert_eq!(world.count("SELECT count(*) FROM dead_letters").await, 0);
 
     let mut dispatcher = crate::flight::dispatcher(&world, &smtp, None);
-    eventually("every email dispatched", Duration::from_secs(90), || async {
-        (count_type(&world, "dispatched").await == emails).then_some(())
-    })
+    eventually(
+        "every email dispatched",
+        Duration::from_secs(90),
+        || async { (count_type(&world, "dispatched").await == emails).then_some(()) },
+    )
     .await;
     assert_eq!(smtp.message_count(), emails as usize);
 
