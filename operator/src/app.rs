@@ -156,14 +156,16 @@ impl Operator {
                 topology.clone(),
                 self.config.relay_batch,
                 self.config.database_timeout(),
-            );
+            )
+            .with_fair_share(self.config.fair_share());
             let tracker = Tracker::new(
                 self.pool.clone(),
                 Publisher::open(&connection).await?,
                 topology.clone(),
                 self.config.database_timeout(),
             )
-            .with_suppression_policy(self.config.suppression_policy());
+            .with_suppression_policy(self.config.suppression_policy())
+            .with_relay_wake(wake.clone());
             let session_stop = shutdown.child_token();
             self.broker_ready.store(true, Ordering::Relaxed);
             let relay_loop = relay_loop(relay, wake, self.relay_interval(), session_stop.clone());

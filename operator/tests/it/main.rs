@@ -4,6 +4,7 @@
 mod api;
 mod crash;
 mod examples;
+mod fair_dispatch;
 mod flight;
 mod helpers;
 mod hostile;
