@@ -491,3 +491,39 @@ async fn unsettled_of_all(world: &World, tenants: &[&str]) -> Vec<Uuid> {
     }
     all
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_that_outruns_the_relays_commit_still_frees_the_slot() {
+    let world = World::new().await;
+    let steps = steps(&world).await;
+    let email = backlog(&world, &steps, "bulkco", "b", 1, false).await[0];
+    // A relay mid-round: the row is locked and handed to the broker, its commit still to come,
+    // while the dispatcher has already sent the job and reported `dispatched`.
+    let (relay_session, connection) =
+        tokio_postgres::connect(world.db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    relay_session
+        .batch_execute("BEGIN; SELECT id FROM outbox FOR UPDATE")
+        .await
+        .expect("lock the row");
+    let commit_later = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        relay_session
+            .batch_execute("UPDATE outbox SET published_at = now(); COMMIT")
+            .await
+            .expect("the relay commits");
+    };
+    let dispatched = [outcome(email, "bulkco", EventType::Dispatched)];
+    tokio::join!(report(&world, &steps, &dispatched), commit_later);
+    assert_eq!(
+        world
+            .count(
+                "SELECT count(*) FROM outbox
+                  WHERE published_at IS NOT NULL AND settled_at IS NOT NULL"
+            )
+            .await,
+        1
+    );
+}
