@@ -4,6 +4,7 @@
 //! timeout; priority mail and a lone tenant are never capped; concurrent relays publish each job
 //! once and keep to the cap.
 
+use crate::flight::dispatcher;
 use crate::helpers::{World, incoming};
 use chrono::{Duration as Span, Utc};
 use mailtrail_broker::Publisher;
@@ -15,6 +16,8 @@ use mailtrail_shared::dispatch::DispatchJob;
 use mailtrail_shared::history::EventType;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
+use mailtrail_smtp_capture::SmtpCapture;
+use mailtrail_test_support::eventually;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -526,4 +529,58 @@ async fn an_outcome_that_outruns_the_relays_commit_still_frees_the_slot() {
             .await,
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn through_a_real_dispatcher_outcomes_wake_the_relay_and_the_small_tenant_goes_first() {
+    let mut world = World::new().await;
+    world.config.fair_share_per_tenant = 5;
+    // Polling alone would move a capped tenant once a minute: only wake-ups make this pass.
+    world.config.relay_interval_ms = 60_000;
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    // Both backlogs are in the outbox before the operator starts. The small tenant has more than
+    // K of its own, so it stays capped beside the big one for four rounds.
+    let steps = steps(&world).await;
+    backlog(&world, &steps, "bulkco", "b", 200, false).await;
+    let small: Vec<String> = backlog(&world, &steps, "tinyco", "s", 20, false)
+        .await
+        .iter()
+        .map(Uuid::to_string)
+        .collect();
+    let (stop, operator) = world.start_operator().await;
+    let _dispatcher = dispatcher(&world, &smtp, None);
+    eventually(
+        "every email dispatched",
+        Duration::from_secs(60),
+        || async {
+            (world
+                .count("SELECT count(*) FROM emails WHERE status = 'dispatched'")
+                .await
+                == 220)
+                .then_some(())
+        },
+    )
+    .await;
+    // The small tenant's mail did not wait behind the big tenant's 200 jobs: K of each at a time.
+    let order: Vec<String> = smtp
+        .messages()
+        .iter()
+        .map(|m| m.header("X-Mailtrail-Id").unwrap_or_default())
+        .collect();
+    assert_eq!(order.len(), 220);
+    for id in &small {
+        let at = order
+            .iter()
+            .position(|o| o == id)
+            .expect("the small tenant's email arrived");
+        assert!(at < 60, "the small tenant's email {id} arrived {at}th");
+    }
+    assert_eq!(
+        world
+            .count("SELECT count(*) FROM outbox WHERE settled_at IS NULL")
+            .await,
+        0
+    );
+    stop.cancel();
+    operator.await.expect("operator stops");
 }
