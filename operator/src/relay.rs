@@ -367,14 +367,16 @@ impl Relay {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        let waiting = in_turn(waiting, cursor.as_deref());
         // Candidates are chosen on the statement's snapshot and only then locked, skipping rows
-        // another relay holds: a concurrent relay takes a part of the same K, not K more.
+        // another relay holds: a concurrent relay takes a part of the same K, not K more. Turns
+        // are ranked by each tenant's position in `waiting` (integers, not text, to sort).
         let mut rows: Vec<ClaimedInTurn> = sql_query(
             r#"
             WITH waiting AS (
-                SELECT unnest($1::text[]) AS tenant
+                SELECT tenant, pos FROM unnest($1::text[]) WITH ORDINALITY AS w(tenant, pos)
             ), allowed AS (
-                SELECT w.tenant,
+                SELECT w.tenant, w.pos,
                        GREATEST($2 - (SELECT count(*)
                                         FROM (SELECT 1 FROM outbox f
                                                WHERE f.queue = $3 AND f.tenant = w.tenant
@@ -384,19 +386,18 @@ impl Relay {
                                                LIMIT $2) held), 0) AS slots
                   FROM waiting w
             ), candidates AS (
-                SELECT c.id, c.tenant,
-                       row_number() OVER (PARTITION BY c.tenant
+                SELECT c.id, a.pos,
+                       row_number() OVER (PARTITION BY a.pos
                                           ORDER BY c.available_at, c.id) AS turn
                   FROM allowed a
                  CROSS JOIN LATERAL (
-                       SELECT o.id, o.tenant, o.available_at FROM outbox o
+                       SELECT o.id, o.available_at FROM outbox o
                         WHERE o.queue = $3 AND o.tenant = a.tenant
                           AND o.published_at IS NULL AND o.available_at <= $5
                         ORDER BY o.available_at, o.id
                         LIMIT LEAST(a.slots, $6)) c
             ), picked AS (
-                SELECT id, row_number() OVER (ORDER BY turn, COALESCE(tenant <= $7, false),
-                                                       tenant) AS ord
+                SELECT id, row_number() OVER (ORDER BY turn, pos) AS ord
                   FROM candidates
                  ORDER BY ord
                  LIMIT $6
@@ -414,7 +415,6 @@ impl Relay {
         .bind::<Timestamptz, _>(held_since)
         .bind::<Timestamptz, _>(now)
         .bind::<BigInt, _>(budget)
-        .bind::<Nullable<Text>, _>(cursor)
         .load(conn)
         .await?;
         rows.sort_by_key(|r| r.ord);
@@ -479,6 +479,17 @@ impl Relay {
 
 fn queue_of(job: &PendingJob) -> Queue {
     Queue::from_base_name(&job.queue).unwrap_or(Queue::Dispatching)
+}
+
+/// The tenants in the order they take turns: those after `cursor` (the tenant the previous round
+/// ended on) first, then from the start.
+fn in_turn(mut tenants: Vec<String>, cursor: Option<&str>) -> Vec<String> {
+    tenants.sort_unstable();
+    if let Some(cursor) = cursor {
+        let after = tenants.partition_point(|t| t.as_str() <= cursor);
+        tenants.rotate_left(after);
+    }
+    tenants
 }
 
 /// Tenants with due jobs in the normal queue: a loose index scan over the tenants with waiting
@@ -574,4 +585,41 @@ pub async fn settle_slots(
     .bind::<Array<SqlUuid>, _>(email_ids)
     .execute(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_take_turns_from_the_one_after_where_the_last_round_ended() {
+        let tenants = || vec!["c".to_owned(), "a".to_owned(), "b".to_owned()];
+        assert_eq!(in_turn(tenants(), None), ["a", "b", "c"]);
+        assert_eq!(in_turn(tenants(), Some("a")), ["b", "c", "a"]);
+        assert_eq!(in_turn(tenants(), Some("c")), ["a", "b", "c"]);
+        // The tenant it ended on has nothing left: the next one after it still goes first.
+        assert_eq!(in_turn(tenants(), Some("bb")), ["c", "a", "b"]);
+    }
+
+    #[test]
+    fn only_the_dispatchers_first_outcomes_free_a_slot() {
+        let freeing = [
+            EventType::Dispatched,
+            EventType::Deferred,
+            EventType::Failed,
+            EventType::Bounced,
+        ];
+        for event_type in EventType::ALL {
+            assert_eq!(
+                frees_slot(event_type, "dispatcher"),
+                freeing.contains(&event_type),
+                "{event_type:?}"
+            );
+            assert!(
+                !frees_slot(event_type, "webhook:sendgrid"),
+                "{event_type:?}"
+            );
+            assert!(!frees_slot(event_type, "operator"), "{event_type:?}");
+        }
+    }
 }

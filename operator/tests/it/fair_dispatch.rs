@@ -584,3 +584,35 @@ async fn through_a_real_dispatcher_outcomes_wake_the_relay_and_the_small_tenant_
     stop.cancel();
     operator.await.expect("operator stops");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_too_small_for_everyone_starts_the_next_with_the_following_tenant() {
+    let world = World::new().await;
+    let steps = steps(&world).await;
+    for tenant in ["alpha", "bravo", "charlie"] {
+        backlog(&world, &steps, tenant, tenant, 30, false).await;
+    }
+    let relay = relay(&world, &steps, 4, share(K)).await;
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        assert_eq!(relay.relay_once().await.expect("relay"), 4);
+        let jobs = world.dispatch_jobs(Queue::Dispatching).await;
+        rounds.push(jobs.into_iter().map(|j| j.tenant).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        rounds,
+        [
+            ["alpha", "bravo", "charlie", "alpha"],
+            ["bravo", "charlie", "alpha", "bravo"],
+            ["charlie", "alpha", "bravo", "charlie"],
+        ]
+    );
+    assert_eq!(
+        unsettled(&world).await,
+        BTreeMap::from([
+            ("alpha".into(), 4),
+            ("bravo".into(), 4),
+            ("charlie".into(), 4)
+        ])
+    );
+}
