@@ -360,8 +360,14 @@ impl Relay {
         budget: i64,
         waiting: Vec<String>,
     ) -> anyhow::Result<Vec<i64>> {
-        let held_since = now
-            - chrono::Duration::from_std(self.fair.slot_timeout).unwrap_or(chrono::Duration::MAX);
+        // No earlier than 1970: every job was published since, and a huge timeout (slots held
+        // for ever) must not reach PostgreSQL as a time out of its range.
+        let held_since = chrono::Duration::from_std(self.fair.slot_timeout)
+            .ok()
+            .and_then(|timeout| now.checked_sub_signed(timeout))
+            .map_or(DateTime::UNIX_EPOCH, |since| {
+                since.max(DateTime::UNIX_EPOCH)
+            });
         let cursor = self
             .cursor
             .lock()
