@@ -616,3 +616,20 @@ async fn a_round_too_small_for_everyone_starts_the_next_with_the_following_tenan
         ])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_fairness_off_jobs_leave_oldest_first_whatever_their_tenant() {
+    let world = World::new().await;
+    let steps = steps(&world).await;
+    backlog(&world, &steps, "bulkco", "b", 300, false).await;
+    let small = backlog(&world, &steps, "tinyco", "s", 3, false).await;
+    let relay = relay(&world, &steps, 50, FairShare::off()).await;
+
+    // The small tenant's mail waits behind the whole backlog: what fair dispatch prevents.
+    for _ in 0..6 {
+        assert_eq!(relay.relay_once().await.expect("relay"), 50);
+        assert!(published(&world, "tinyco").await.is_empty());
+    }
+    assert_eq!(relay.relay_once().await.expect("relay"), 3);
+    assert_eq!(set(&published(&world, "tinyco").await), set(&small));
+}
