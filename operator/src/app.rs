@@ -163,14 +163,16 @@ impl Operator {
                 topology.clone(),
                 self.config.relay_batch,
                 self.config.database_timeout(),
-            );
+            )
+            .with_fair_share(self.config.fair_share());
             let tracker = Tracker::new(
                 self.pool.clone(),
                 Publisher::open(&connection).await?,
                 topology.clone(),
                 self.config.database_timeout(),
             )
-            .with_suppression_policy(self.config.suppression_policy());
+            .with_suppression_policy(self.config.suppression_policy())
+            .with_relay_wake(wake.clone());
             let status_relay = StatusRelay::new(
                 self.pool.clone(),
                 if self.config.status_events {

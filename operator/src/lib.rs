@@ -3,7 +3,7 @@
 //! * [`intake`]: consumes `mailbox.priority` then `mailbox`, validates, and records request,
 //!   emails, `accepted` events and outbox rows in one transaction before acking.
 //! * [`relay`]: publishes outbox rows to `dispatching(.priority)` with confirms and records
-//!   `queued`.
+//!   `queued`; while several tenants have jobs due, at most K of each in flight (fair dispatch).
 //! * [`history`]: appends events and moves the summary status by the precedence table.
 //! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
 //! * [`suppressions`]: the per-tenant suppression list, fed by bounces, complaints and
