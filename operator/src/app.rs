@@ -163,14 +163,16 @@ impl Operator {
                 topology.clone(),
                 self.config.relay_batch,
                 self.config.database_timeout(),
-            );
+            )
+            .with_fair_share(self.config.fair_share());
             let tracker = Tracker::new(
                 self.pool.clone(),
                 Publisher::open(&connection).await?,
                 topology.clone(),
                 self.config.database_timeout(),
             )
-            .with_suppression_policy(self.config.suppression_policy());
+            .with_suppression_policy(self.config.suppression_policy())
+            .with_relay_wake(wake.clone());
             let status_relay = StatusRelay::new(
                 self.pool.clone(),
                 if self.config.status_events {
@@ -190,6 +192,11 @@ impl Operator {
             let intake_loop = intake_loop(&connection, intake, &self.config, session_stop.clone());
             let tracking_loop =
                 tracking_loop(&connection, tracker, &self.config, session_stop.clone());
+            let status_loop = status_relay_loop(
+                status_relay,
+                Duration::from_millis(self.config.status_relay_interval_ms.max(10)),
+                session_stop.clone(),
+            );
             let dead_letters = async {
                 if !self.config.dead_letter_consumer {
                     return Ok(());
@@ -208,11 +215,6 @@ impl Operator {
                 session_stop.cancel();
                 r
             };
-            let status_loop = status_relay_loop(
-                status_relay,
-                Duration::from_millis(self.config.status_relay_interval_ms.max(10)),
-                session_stop.clone(),
-            );
             // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
                 dead_letters,

@@ -1,6 +1,7 @@
 //! The operator's settings: every one a documented `MAILTRAIL_*` environment variable (or the
 //! matching command-line flag) with a sensible default. See README.md ("Configuration").
 
+use crate::relay::FairShare;
 use crate::retention::RetentionPolicy;
 use crate::suppressions::SuppressionPolicy;
 use clap::Args;
@@ -121,7 +122,7 @@ pub struct OperatorConfig {
     pub relay_batch: i64,
 
     /// How often the relay looks for pending jobs without being woken (milliseconds); it is also
-    /// woken by every intake commit.
+    /// woken by every intake commit and by every outcome that frees a tenant's slot.
     #[arg(long, env = "MAILTRAIL_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 
@@ -141,6 +142,18 @@ pub struct OperatorConfig {
         default_value_t = 100
     )]
     pub status_relay_interval_ms: u64,
+
+    /// Fair dispatch: at most this many of one tenant's jobs in flight (published, no first
+    /// outcome yet) at a time, taken round-robin across tenants; 0 turns fairness off. Keep it at
+    /// or above the dispatchers' combined concurrency so a tenant alone still keeps every
+    /// dispatcher busy. Priority mail and retries are never capped.
+    #[arg(long, env = "MAILTRAIL_FAIR_SHARE_PER_TENANT", default_value_t = 200)]
+    pub fair_share_per_tenant: u32,
+
+    /// How long a published job without an outcome holds its tenant's slot, in seconds: a lost
+    /// outcome cannot hold a slot forever.
+    #[arg(long, env = "MAILTRAIL_FAIR_SLOT_TIMEOUT_SECS", default_value_t = 900)]
+    pub fair_slot_timeout_secs: u64,
 
     /// Largest accepted mailbox request, in bytes.
     #[arg(long, env = "MAILTRAIL_MAX_REQUEST_BYTES", default_value_t = 10 * 1024 * 1024)]
@@ -200,6 +213,13 @@ impl OperatorConfig {
             body_days: self.retention_body_days,
             batch: self.retention_batch,
             interval: Duration::from_secs(self.retention_interval_secs),
+        }
+    }
+
+    pub fn fair_share(&self) -> FairShare {
+        FairShare {
+            per_tenant: self.fair_share_per_tenant,
+            slot_timeout: Duration::from_secs(self.fair_slot_timeout_secs),
         }
     }
 

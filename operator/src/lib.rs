@@ -3,17 +3,17 @@
 //! * [`intake`]: consumes `mailbox.priority` then `mailbox`, validates, and records request,
 //!   emails, `accepted` events and outbox rows in one transaction before acking.
 //! * [`relay`]: publishes outbox rows to `dispatching(.priority)` with confirms and records
-//!   `queued`.
+//!   `queued`; while several tenants have jobs due, at most K of each in flight (fair dispatch).
 //! * [`history`]: appends events and moves the summary status by the precedence table.
 //! * [`http`]: health, readiness and the key-protected `/v1` API; [`keys`]: API keys.
 //! * [`suppressions`]: the per-tenant suppression list, fed by bounces, complaints and
 //!   unsubscribes and consulted by the intake.
 //! * [`scheduling`]: cancelling a scheduled email before it leaves; [`clock`]: the operator's
 //!   "now", manual in tests.
-//! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
-//!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`status_events`]: publishes every recorded event to the `<prefix>events` topic exchange
 //!   for apps, from an outbox filled by a trigger.
+//! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
+//!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 

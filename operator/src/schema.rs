@@ -76,6 +76,7 @@ diesel::table! {
         available_at -> Timestamptz,
         created_at -> Timestamptz,
         published_at -> Nullable<Timestamptz>,
+        settled_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -1,12 +1,15 @@
 //! The tracking consumer: records what the dispatcher and the webhook sink report
 //! (`dispatched`, `deferred`, `failed`, later provider events) in each email's history, once per
 //! event id, in one transaction per batch; the deliveries are acked after the commit. Reports
-//! that cannot be recorded are set aside with their reason, never dropped.
+//! that cannot be recorded are set aside with their reason, never dropped. A job's first outcome
+//! from the dispatcher frees its tenant's fair-dispatch slot in the same transaction
+//! ([`crate::relay::settle_slots`]) and wakes the relay.
 
 use crate::db::{DbPool, with_deadline};
 use crate::dead_letters::{DeadLetterOwner, record_dead_letter};
 use crate::history::{NewEvent, normalized_message_id, record_events};
 use crate::pending;
+use crate::relay;
 use crate::schema::emails;
 use crate::suppressions::{self, SuppressionPolicy};
 use anyhow::Context;
@@ -16,7 +19,9 @@ use mailtrail_broker::{Incoming, OutgoingMessage, Publisher, SetAside};
 use mailtrail_shared::topology::Topology;
 use mailtrail_shared::tracking::TrackingEvent;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 const SERVICE: &str = "operator";
@@ -39,6 +44,7 @@ pub struct Tracker {
     topology: Topology,
     db_timeout: Duration,
     suppression: SuppressionPolicy,
+    relay_wake: Option<Arc<Notify>>,
 }
 
 impl Tracker {
@@ -54,7 +60,14 @@ impl Tracker {
             topology,
             db_timeout,
             suppression: SuppressionPolicy::default(),
+            relay_wake: None,
         }
+    }
+
+    /// Wakes the relay whenever outcomes free tenants' slots (fair dispatch).
+    pub fn with_relay_wake(mut self, wake: Arc<Notify>) -> Tracker {
+        self.relay_wake = Some(wake);
+        self
     }
 
     /// When reported events add suppression entries (the default: `SuppressionPolicy::default`).
@@ -68,7 +81,7 @@ impl Tracker {
     pub async fn handle(&self, batch: &[Incoming]) -> anyhow::Result<Vec<TrackingOutcome>> {
         let decoded: Vec<Result<TrackingEvent, (String, String)>> =
             batch.iter().map(decode).collect();
-        let outcomes = with_deadline(self.db_timeout, "tracking transaction", async {
+        let (outcomes, freed) = with_deadline(self.db_timeout, "tracking transaction", async {
             let mut conn = self
                 .pool
                 .get()
@@ -151,6 +164,16 @@ impl Tracker {
                     let mut touched: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
                     touched.sort_unstable();
                     touched.dedup();
+                    // A job's first outcome frees its tenant's slot (fair dispatch): outbox rows
+                    // are locked before `record_events` locks the emails, the relay's order.
+                    let mut outcomes_for: Vec<Uuid> = events
+                        .iter()
+                        .filter(|e| relay::frees_slot(e.event_type, &e.source))
+                        .map(|e| e.email_id)
+                        .collect();
+                    outcomes_for.sort_unstable();
+                    outcomes_for.dedup();
+                    let freed = relay::settle_slots(conn, &outcomes_for).await?;
                     record_events(conn, events).await?;
                     // Events that waited for these emails (a webhook that outran `dispatched`).
                     let attached = pending::attach(conn, &touched).await?;
@@ -173,12 +196,18 @@ impl Tracker {
                             "suppression list updated"
                         );
                     }
-                    Ok(outcomes)
+                    Ok((outcomes, freed))
                 })
                 .await?;
             Ok(outcomes)
         })
         .await?;
+        if freed > 0 {
+            // Slots freed: the relay may let more of a capped tenant's jobs out.
+            if let Some(wake) = &self.relay_wake {
+                wake.notify_one();
+            }
+        }
 
         let copies: Vec<OutgoingMessage> = batch
             .iter()

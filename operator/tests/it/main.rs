@@ -5,6 +5,8 @@ mod api;
 mod crash;
 mod dead_letters;
 mod examples;
+mod fair_dispatch;
+mod fair_dispatch_live;
 mod flight;
 mod helpers;
 mod hostile;
