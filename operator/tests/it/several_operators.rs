@@ -14,13 +14,11 @@ const IMMEDIATE: usize = 150;
 const SCHEDULED: usize = 50;
 
 fn operator(world: &World, name: &str) -> ServiceProcess {
-    ServiceProcess::spawn(
-        name,
-        env!("CARGO_BIN_EXE_operator"),
-        &["run"],
-        &world.operator_env(),
-    )
-    .expect("start an operator")
+    let mut env = world.operator_env();
+    // Until the dispatcher starts, every job must reach the queue, not only a fair share.
+    env.push(("MAILTRAIL_FAIR_SHARE_PER_TENANT", "0".to_owned()));
+    ServiceProcess::spawn(name, env!("CARGO_BIN_EXE_operator"), &["run"], &env)
+        .expect("start an operator")
 }
 
 async fn count_type(world: &World, event_type: &str) -> i64 {

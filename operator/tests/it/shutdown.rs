@@ -13,6 +13,8 @@ fn operator(world: &World, name: &str) -> ServiceProcess {
     // One request per transaction, so the run is long enough to interrupt.
     env.push(("MAILTRAIL_INTAKE_BATCH", "1".to_owned()));
     env.push(("MAILTRAIL_DRAIN_TIMEOUT_MS", "10000".to_owned()));
+    // No dispatcher runs: every job must reach the queue, not only one tenant's fair share.
+    env.push(("MAILTRAIL_FAIR_SHARE_PER_TENANT", "0".to_owned()));
     ServiceProcess::spawn(name, env!("CARGO_BIN_EXE_operator"), &["run"], &env)
         .expect("start the operator")
 }
