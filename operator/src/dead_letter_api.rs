@@ -16,7 +16,9 @@
 use crate::db::with_deadline;
 use crate::dead_letter_consumer::replay_target;
 use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
+use crate::history::{NewEvent, record_events};
 use crate::http::{ApiError, ApiState, require_admin};
+use crate::intake::SERVICE;
 use crate::keys::Principal;
 use crate::schema::dead_letters;
 use actix_web::{HttpResponse, web};
@@ -31,6 +33,8 @@ use lapin::types::{AMQPValue, LongString};
 use mailtrail_broker::{OutgoingMessage, PublishError, Publisher};
 use mailtrail_shared::dispatch::DispatchJob;
 use mailtrail_shared::headers;
+use mailtrail_shared::history::EventType;
+use mailtrail_shared::ids;
 use mailtrail_shared::topology::{Queue, Topology};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -474,6 +478,77 @@ pub fn replay_message(
     }
 }
 
+/// Reopens the emails of replayed dispatch jobs, before they are published: records `queued`
+/// for the new attempt (with the dead letter it came from) and takes a `failed` summary back to
+/// `queued`, so the history reads failed → queued → dispatched and the summary follows the
+/// retry instead of staying `failed`. The one place the summary moves down: a replay is an
+/// admin's decision to try again. Done before the publish, in the replay's transaction, so a
+/// fast dispatcher's `dispatched` (which waits for the email row) lands after it.
+async fn reopen_replayed_jobs(
+    conn: &mut AsyncPgConnection,
+    topology: &Topology,
+    replays: &[(Uuid, &OutgoingMessage)],
+    principal: &Principal,
+) -> anyhow::Result<()> {
+    let jobs: Vec<(Uuid, DispatchJob, &str)> = replays
+        .iter()
+        .filter(|(_, m)| {
+            matches!(
+                topology.role_of(&m.routing_key),
+                Some(Queue::Dispatching | Queue::DispatchingPriority)
+            )
+        })
+        .filter_map(|(id, m)| {
+            serde_json::from_slice::<DispatchJob>(&m.body)
+                .ok()
+                .map(|job| (*id, job, m.routing_key.as_str()))
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<Uuid> = jobs.iter().map(|(_, job, _)| job.email_id).collect();
+    // Purged by retention meanwhile: the job is replayed, there is no history to reopen.
+    let known: Vec<Uuid> = crate::schema::emails::table
+        .filter(crate::schema::emails::id.eq_any(&wanted))
+        .select(crate::schema::emails::id)
+        .load(conn)
+        .await?;
+    let now = Utc::now();
+    let events: Vec<NewEvent> = jobs
+        .iter()
+        .filter(|(_, job, _)| known.contains(&job.email_id))
+        .map(|(dead_letter, job, queue)| NewEvent {
+            event_id: ids::dispatch_outcome_event_id(job.job_id, job.attempt, "queued"),
+            email_id: job.email_id,
+            event_type: EventType::Queued,
+            occurred_at: now,
+            source: SERVICE.to_owned(),
+            provider: None,
+            provider_event_id: None,
+            provider_message_id: None,
+            details: serde_json::json!({
+                "job_id": job.job_id,
+                "attempt": job.attempt,
+                "queue": queue,
+                "replay_of": dead_letter,
+                "replayed_by": principal.key_id.to_string(),
+            }),
+        })
+        .collect();
+    // Locks the email rows (in id order) before the summaries change.
+    record_events(conn, events).await?;
+    diesel::sql_query(
+        "UPDATE emails SET status = 'queued', status_precedence = $2, updated_at = now()
+          WHERE id = ANY($1) AND status = 'failed'",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&known)
+    .bind::<diesel::sql_types::SmallInt, _>(EventType::Queued.status_precedence())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Marks rows replayed by `principal`. Runs in the caller's transaction.
 async fn mark_replayed(
     conn: &mut AsyncPgConnection,
@@ -549,6 +624,7 @@ async fn replay_one(
             // republishes a message every consumer de-duplicates.
             let message = replay_message(topology, queue, row.id, &body, &stored);
             let target = message.routing_key.clone();
+            reopen_replayed_jobs(conn, topology, &[(row.id, &message)], &principal).await?;
             publisher.publish(message).await?;
             mark_replayed(conn, &[row.id], &principal).await?;
             Ok(Replayed::Now(row, target))
@@ -668,6 +744,9 @@ async fn replay_many(
                         ids.push(*id);
                     }
                 }
+                let replays: Vec<(Uuid, &OutgoingMessage)> =
+                    ids.iter().copied().zip(messages.iter()).collect();
+                reopen_replayed_jobs(conn, topology, &replays, &principal).await?;
                 publisher.publish_all(&messages).await?;
                 mark_replayed(conn, &ids, &principal).await?;
                 let queues: Vec<String> = messages.into_iter().map(|m| m.routing_key).collect();

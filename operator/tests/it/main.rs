@@ -4,6 +4,7 @@
 mod api;
 mod crash;
 mod dead_letters;
+mod dead_letters_live;
 mod examples;
 mod fair_dispatch;
 mod fair_dispatch_live;
