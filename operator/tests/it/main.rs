@@ -19,5 +19,6 @@ mod several_operators;
 mod shutdown;
 mod status_events;
 mod suppressions;
+mod suppressions_live;
 mod tracking;
 mod webhooks;
