@@ -14,6 +14,7 @@
 //!   for apps, from an outbox filled by a trigger.
 //! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
 //!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
+//! * [`stats_api`]: event counts per hour or day and dispatch-cohort rates (`GET /v1/stats`).
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -34,6 +35,7 @@ pub mod relay;
 pub mod retention;
 pub mod scheduling;
 pub mod schema;
+pub mod stats_api;
 pub mod status_events;
 pub mod suppressions;
 pub mod tracking;

@@ -17,6 +17,7 @@ mod retention;
 mod scheduling;
 mod several_operators;
 mod shutdown;
+mod stats;
 mod status_events;
 mod suppressions;
 mod suppressions_live;
