@@ -164,8 +164,10 @@ async fn stats(api: &Api, key: &str, query: &str) -> Value {
     body
 }
 
-/// `[start, counts (non-zero only), machine opened, machine clicked]` of each bucket.
-fn buckets(body: &Value) -> Vec<(String, Vec<(String, i64)>, i64, i64)> {
+/// A bucket: start, its non-zero counts, machine opens, machine clicks.
+type BucketSummary = (String, Vec<(String, i64)>, i64, i64);
+
+fn buckets(body: &Value) -> Vec<BucketSummary> {
     body["buckets"]
         .as_array()
         .expect("buckets")
