@@ -13,6 +13,7 @@
 //! nobody could attribute) is visible to all-tenant keys only. Anything out of sight answers 404,
 //! like an unknown id.
 
+use crate::audit;
 use crate::db::with_deadline;
 use crate::dead_letter_consumer::replay_target;
 use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
@@ -549,6 +550,9 @@ async fn reopen_replayed_jobs(
     Ok(())
 }
 
+/// (id, source queue, body, stored headers, tenant) of a dead letter a bulk replay locked.
+type ReplayRow = (Uuid, String, Vec<u8>, serde_json::Value, Option<String>);
+
 /// Marks rows replayed by `principal`. Runs in the caller's transaction.
 async fn mark_replayed(
     conn: &mut AsyncPgConnection,
@@ -625,6 +629,15 @@ async fn replay_one(
             let message = replay_message(topology, queue, row.id, &body, &stored);
             let target = message.routing_key.clone();
             reopen_replayed_jobs(conn, topology, &[(row.id, &message)], &principal).await?;
+            audit::record(
+                conn,
+                audit::Actor::Key(&principal),
+                "dead_letter.replay",
+                row.tenant.as_deref(),
+                &row.id.to_string(),
+                serde_json::json!({"queue": target, "reason": row.reason}),
+            )
+            .await?;
             publisher.publish(message).await?;
             mark_replayed(conn, &[row.id], &principal).await?;
             Ok(Replayed::Now(row, target))
@@ -722,7 +735,7 @@ async fn replay_many(
                     .await?;
                 let more = ids.len() as i64 > chunk;
                 // Locked, and still open, or someone else is replaying them right now.
-                let rows: Vec<(Uuid, String, Vec<u8>, serde_json::Value)> = dead_letters::table
+                let rows: Vec<ReplayRow> = dead_letters::table
                     .filter(dead_letters::id.eq_any(&ids[..ids.len().min(chunk as usize)]))
                     .filter(dead_letters::replayed_at.is_null())
                     .filter(dead_letters::discarded_at.is_null())
@@ -731,6 +744,7 @@ async fn replay_many(
                         dead_letters::source_queue,
                         dead_letters::body,
                         dead_letters::headers,
+                        dead_letters::tenant,
                     ))
                     .for_update()
                     .skip_locked()
@@ -738,7 +752,7 @@ async fn replay_many(
                     .await?;
                 let mut messages = Vec::with_capacity(rows.len());
                 let mut ids = Vec::with_capacity(rows.len());
-                for (id, source_queue, body, stored) in &rows {
+                for (id, source_queue, body, stored, _) in &rows {
                     if let Some(queue) = replay_target(topology, source_queue) {
                         messages.push(replay_message(topology, queue, *id, body, stored));
                         ids.push(*id);
@@ -747,6 +761,18 @@ async fn replay_many(
                 let replays: Vec<(Uuid, &OutgoingMessage)> =
                     ids.iter().copied().zip(messages.iter()).collect();
                 reopen_replayed_jobs(conn, topology, &replays, &principal).await?;
+                for (id, message) in &replays {
+                    let tenant = rows.iter().find(|r| r.0 == *id).and_then(|r| r.4.clone());
+                    audit::record(
+                        conn,
+                        audit::Actor::Key(&principal),
+                        "dead_letter.replay",
+                        tenant.as_deref(),
+                        &id.to_string(),
+                        serde_json::json!({"queue": message.routing_key, "bulk": true}),
+                    )
+                    .await?;
+                }
                 publisher.publish_all(&messages).await?;
                 mark_replayed(conn, &ids, &principal).await?;
                 let queues: Vec<String> = messages.into_iter().map(|m| m.routing_key).collect();
@@ -824,6 +850,15 @@ async fn discard(
             .bind::<Text, _>(reason)
             .bind::<Text, _>(principal.key_id.to_string())
             .execute(conn)
+            .await?;
+            audit::record(
+                conn,
+                audit::Actor::Key(&principal),
+                "dead_letter.discard",
+                row.tenant.as_deref(),
+                &id.to_string(),
+                serde_json::json!({"reason": reason}),
+            )
             .await?;
             Ok(Some((row, true)))
         })

@@ -7,6 +7,7 @@
 //! Errors are `application/problem+json` (RFC 9457). Internal causes are logged once here and
 //! never sent to the client. Another tenant's email answers 404, exactly like an unknown one.
 
+use crate::audit;
 use crate::db::{DbPool, with_deadline};
 use crate::keys::{self, Principal, Role};
 use crate::schema::{emails, events, requests};
@@ -18,7 +19,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpMessage, HttpResponse, ResponseError, web};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use mailtrail_broker::Publisher;
 use mailtrail_shared::address::Address;
 use mailtrail_shared::topology::Topology;
@@ -113,6 +114,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .configure(crate::stats_api::routes)
                 .route("/messages/{id}", web::get().to(message_history))
                 .route("/messages/{id}", web::delete().to(cancel_message))
+                .route("/audit", web::get().to(list_audit))
                 .route("/suppressions", web::get().to(list_suppressions))
                 .route("/suppressions", web::post().to(add_suppression))
                 .route(
@@ -437,6 +439,39 @@ async fn cancel_message(
     })))
 }
 
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+    /// An entry id: the page holds older entries.
+    before: Option<i64>,
+}
+
+/// `GET /v1/audit?limit=&before=` (admin key): who changed what, newest first; a tenant key sees
+/// its tenant's entries only. `next` is the `before` of the following page.
+async fn list_audit(
+    state: web::Data<ApiState>,
+    principal: web::ReqData<Principal>,
+    query: web::Query<AuditQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&principal, "reading the audit log")?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let entries = with_deadline(state.db_timeout, "read the audit log", async {
+        let mut conn = state.pool.get().await?;
+        Ok(audit::list(&mut conn, &principal, query.before, limit).await?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    let next = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"items": entries, "next": next})))
+}
+
 // Suppressions: per tenant, on canonical addresses. A read key may list and look up; adding and
 // removing need an admin key. A tenant-scoped key sees and changes only its tenant: another
 // tenant's entries answer 404, like unknown ones.
@@ -617,7 +652,21 @@ async fn add_suppression(
     }
     let entry = with_deadline(state.db_timeout, "add a suppression", async {
         let mut conn = state.pool.get().await?;
-        Ok(suppressions::put(&mut conn, &new.tenant, &address, reason, new.expires_at).await?)
+        conn.transaction::<_, anyhow::Error, _>(async |conn| {
+            let entry =
+                suppressions::put(conn, &new.tenant, &address, reason, new.expires_at).await?;
+            audit::record(
+                conn,
+                audit::Actor::Key(&principal),
+                "suppression.add",
+                Some(&entry.tenant),
+                &entry.address,
+                serde_json::json!({"reason": entry.reason, "expires_at": entry.expires_at}),
+            )
+            .await?;
+            Ok(entry)
+        })
+        .await
     })
     .await
     .map_err(ApiError::Unavailable)?;
@@ -642,7 +691,22 @@ async fn remove_suppression(
     };
     let removed = with_deadline(state.db_timeout, "remove a suppression", async {
         let mut conn = state.pool.get().await?;
-        Ok(suppressions::remove(&mut conn, &tenant, &canonical).await?)
+        conn.transaction::<_, anyhow::Error, _>(async |conn| {
+            let removed = suppressions::remove(conn, &tenant, &canonical).await?;
+            if removed {
+                audit::record(
+                    conn,
+                    audit::Actor::Key(&principal),
+                    "suppression.remove",
+                    Some(&tenant),
+                    &canonical,
+                    serde_json::json!({}),
+                )
+                .await?;
+            }
+            Ok(removed)
+        })
+        .await
     })
     .await
     .map_err(ApiError::Unavailable)?;

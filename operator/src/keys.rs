@@ -107,6 +107,17 @@ pub async fn create(
         .get_result(conn)
         .await
         .context("cannot store the new API key")?;
+    // Keys are managed from the command line only, so the actor is `cli`.
+    crate::audit::record(
+        conn,
+        crate::audit::Actor::Cli,
+        "key.create",
+        tenant,
+        &prefix,
+        serde_json::json!({"name": name, "role": role.as_str()}),
+    )
+    .await
+    .context("cannot write the audit entry")?;
     Ok((info, key))
 }
 
@@ -131,6 +142,17 @@ pub async fn revoke(conn: &mut AsyncPgConnection, prefix_or_id: &str) -> anyhow:
         .set(api_keys::revoked_at.eq(diesel::dsl::now))
         .execute(conn)
         .await?;
+    if updated > 0 {
+        crate::audit::record(
+            conn,
+            crate::audit::Actor::Cli,
+            "key.revoke",
+            None,
+            prefix_or_id,
+            serde_json::json!({}),
+        )
+        .await?;
+    }
     Ok(updated > 0)
 }
 

@@ -19,6 +19,7 @@
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
 pub mod app;
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod db;

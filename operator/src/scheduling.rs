@@ -117,6 +117,15 @@ pub async fn cancel(
             }],
         )
         .await?;
+        crate::audit::record(
+            conn,
+            crate::audit::Actor::Key(principal),
+            "message.cancel",
+            Some(&email.tenant),
+            &email_id.to_string(),
+            serde_json::json!({"was_due_at": was_due_at, "job_ids": job_ids}),
+        )
+        .await?;
         Ok(Cancellation::Cancelled { was_due_at })
     })
     .await

@@ -2,6 +2,7 @@
 //! per test, the real operator binary where a process must die.
 
 mod api;
+mod audit;
 mod crash;
 mod dead_letters;
 mod dead_letters_live;
