@@ -636,9 +636,11 @@ async fn add_suppression(
     if new.tenant.trim().is_empty() {
         return Err(ApiError::BadRequest("tenant is empty".into()));
     }
+    // Another tenant answers like an unknown one: a key learns nothing about tenants it
+    // cannot see.
     if !principal.may_see(&new.tenant) {
-        return Err(ApiError::Forbidden(format!(
-            "this key may not change tenant {:?}",
+        return Err(ApiError::NotFound(format!(
+            "no tenant {:?} for this key",
             new.tenant
         )));
     }

@@ -423,7 +423,8 @@ async fn the_api_lists_looks_up_adds_and_removes_within_the_keys_scope() {
     })
     .await;
 
-    // Add: canonicalised; invalid input is 400; a read key is 403; another tenant is 403.
+    // Add: canonicalised; invalid input is 400; a read key is 403; another tenant is 404, as if
+    // it did not exist.
     let (status, _, body) = post_json(
         port,
         &acme_admin,
@@ -468,7 +469,7 @@ async fn the_api_lists_looks_up_adds_and_removes_within_the_keys_scope() {
         )
         .await
         .0,
-        403
+        404
     );
     for address in ["a@example.com", "b@example.com", "c@example.com"] {
         let (status, _, _) = post_json(
