@@ -34,6 +34,7 @@ pub mod relay;
 pub mod retention;
 pub mod scheduling;
 pub mod schema;
+pub mod search_api;
 pub mod status_events;
 pub mod suppressions;
 pub mod tracking;

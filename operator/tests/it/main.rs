@@ -15,6 +15,7 @@ mod intake;
 mod reconnect;
 mod retention;
 mod scheduling;
+mod search;
 mod several_operators;
 mod shutdown;
 mod status_events;
