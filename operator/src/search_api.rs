@@ -550,7 +550,6 @@ async fn export(
     let pages = futures_util::stream::unfold(start, move |progress| {
         let filters = filters.clone();
         let state = state.clone();
-        let key = key.clone();
         async move {
             let Progress::At(after) = progress else {
                 return None;
