@@ -18,6 +18,7 @@ mod scheduling;
 mod search;
 mod several_operators;
 mod shutdown;
+mod stats;
 mod status_events;
 mod suppressions;
 mod suppressions_live;
