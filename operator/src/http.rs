@@ -111,6 +111,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
                 .configure(crate::dead_letter_api::routes)
+                .configure(crate::search_api::routes)
                 .configure(crate::stats_api::routes)
                 .route("/messages/{id}", web::get().to(message_history))
                 .route("/messages/{id}", web::delete().to(cancel_message))

@@ -14,6 +14,7 @@
 //!   for apps, from an outbox filled by a trigger.
 //! * [`dead_letter_consumer`]: stores what every service set aside (`<prefix>dead-letter`) in
 //!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
+//! * [`search_api`]: message search (`GET /v1/messages`) and its NDJSON/CSV export.
 //! * [`stats_api`]: event counts per hour or day and dispatch-cohort rates (`GET /v1/stats`).
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
@@ -36,6 +37,7 @@ pub mod relay;
 pub mod retention;
 pub mod scheduling;
 pub mod schema;
+pub mod search_api;
 pub mod stats_api;
 pub mod status_events;
 pub mod suppressions;

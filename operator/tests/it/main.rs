@@ -16,6 +16,7 @@ mod intake;
 mod reconnect;
 mod retention;
 mod scheduling;
+mod search;
 mod several_operators;
 mod shutdown;
 mod stats;

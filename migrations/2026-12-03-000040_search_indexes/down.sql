@@ -1,0 +1,11 @@
+DROP INDEX requests_request_key_idx;
+DROP INDEX requests_tags_idx;
+DROP INDEX requests_metadata_idx;
+DROP INDEX emails_recipient_all_idx;
+DROP INDEX emails_created_idx;
+DROP INDEX emails_status_idx;
+DROP INDEX emails_tenant_created_idx;
+DROP INDEX emails_recipient_idx;
+CREATE INDEX emails_recipient_idx ON emails (tenant, recipient_canonical, created_at DESC, id);
+CREATE INDEX emails_tenant_created_idx ON emails (tenant, created_at DESC, id);
+CREATE INDEX emails_status_idx ON emails (tenant, status, created_at DESC);
