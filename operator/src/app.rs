@@ -76,6 +76,7 @@ impl Operator {
             broker_ready: self.broker_ready.clone(),
             publisher: self.api_publisher.clone(),
             topology: self.config.topology(),
+            broker_user: self.config.broker_user(),
         };
         let listener = self.listener.try_clone()?;
         let server = actix_web::HttpServer::new(move || {
@@ -96,6 +97,8 @@ impl Operator {
     /// Runs until `shutdown` is cancelled; then stops taking work, finishes the batch in hand
     /// (unacked deliveries go back to the queue when the connection closes) and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // A wrong tenant setting stops the start, not every session after it.
+        self.config.tenant_policy()?;
         let server = self.start_http()?;
         let server_handle = server.handle();
         let server_task = tokio::spawn(server);
@@ -156,7 +159,8 @@ impl Operator {
                 self.config.limits(),
                 self.config.database_timeout(),
                 wake.clone(),
-            );
+            )
+            .with_policy(self.config.tenant_policy()?);
             let relay = Relay::new(
                 self.pool.clone(),
                 publisher,

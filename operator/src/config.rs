@@ -126,6 +126,21 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_RELAY_INTERVAL_MS", default_value_t = 1000)]
     pub relay_interval_ms: u64,
 
+    /// Tenant binding: a mailbox request is taken only from a broker user bound to its tenant
+    /// (the AMQP `user_id` property, which RabbitMQ verifies; see MAILTRAIL_TENANT_USERS).
+    #[arg(long, env = "MAILTRAIL_TENANT_BINDING", default_value_t = false, action = clap::ArgAction::Set)]
+    pub tenant_binding: bool,
+
+    /// Broker users and the tenants they may write for, with binding on: `user=tenant` pairs
+    /// separated by commas; `user=*` for any tenant; a user may be listed more than once.
+    #[arg(long, env = "MAILTRAIL_TENANT_USERS", default_value = "")]
+    pub tenant_users: String,
+
+    /// Per-tenant allowed `from` domains (subdomains included): `tenant=domain|domain`
+    /// separated by semicolons. Tenants not listed may send from any domain.
+    #[arg(long, env = "MAILTRAIL_TENANT_FROM_DOMAINS", default_value = "")]
+    pub tenant_from_domains: String,
+
     /// Publish every recorded event to the `<prefix>events` topic exchange for apps
     /// (docs/status-events.md). Off, the queued events are dropped unpublished.
     #[arg(long, env = "MAILTRAIL_STATUS_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -197,6 +212,28 @@ impl OperatorConfig {
             max_recipients: self.max_recipients,
             max_fanout_bytes: self.max_fanout_bytes,
         }
+    }
+
+    /// The broker user the operator connects as (from `MAILTRAIL_AMQP_URL`; `guest` when the URL
+    /// names none), which RabbitMQ checks as `user_id` on what the operator publishes.
+    pub fn broker_user(&self) -> String {
+        self.broker
+            .amqp_url
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|uri| uri.authority.userinfo.username)
+            .ok()
+            .filter(|user| !user.is_empty())
+            .unwrap_or_else(|| "guest".to_owned())
+    }
+
+    /// Who may write for which tenant (`MAILTRAIL_TENANT_*`); an error says which setting is wrong.
+    pub fn tenant_policy(&self) -> anyhow::Result<crate::tenant_policy::TenantPolicy> {
+        crate::tenant_policy::TenantPolicy::from_settings(
+            self.tenant_binding,
+            &self.tenant_users,
+            &self.tenant_from_domains,
+            &self.broker_user(),
+        )
     }
 
     pub fn suppression_policy(&self) -> SuppressionPolicy {

@@ -428,6 +428,7 @@ pub fn replay_message(
     id: Uuid,
     body: &[u8],
     stored: &serde_json::Value,
+    operator_user: &str,
 ) -> OutgoingMessage {
     // Rows from before typed headers hold `Debug` text: their headers are not sent again.
     let typed = stored["headers_format"].as_str() == Some(HEADERS_FORMAT);
@@ -439,6 +440,8 @@ pub fn replay_message(
     for name in SET_ASIDE_HEADERS {
         original.remove(*name);
     }
+    // Only the replay itself may say who the original publisher was, never the message.
+    original.remove(headers::ORIGINAL_PUBLISHER);
     let mut table = headers_from_json(&serde_json::Value::Object(original));
     table.insert(
         headers::REPLAY_OF.into(),
@@ -471,6 +474,21 @@ pub fn replay_message(
     }
     if let Some(content_type) = stored["content_type"].as_str() {
         properties = properties.with_content_type(content_type.into());
+    }
+    // A mailbox request keeps its original publisher for tenant binding: published as the
+    // operator's own user (RabbitMQ checks it), which is the only one the intake believes
+    // `x-mailtrail-original-publisher` from.
+    if matches!(queue, Queue::Mailbox | Queue::MailboxPriority) {
+        let mut table = properties.headers().clone().unwrap_or_default();
+        if let Some(original) = stored["user_id"].as_str() {
+            table.insert(
+                headers::ORIGINAL_PUBLISHER.into(),
+                AMQPValue::LongString(LongString::from(original)),
+            );
+        }
+        properties = properties
+            .with_headers(table)
+            .with_user_id(operator_user.into());
     }
     OutgoingMessage {
         routing_key: topology.queue(queue),
@@ -626,7 +644,8 @@ async fn replay_one(
             // Published while the row is locked and before the commit: a failed publish leaves
             // it open; a commit lost after the publish leaves it open too, and a second replay
             // republishes a message every consumer de-duplicates.
-            let message = replay_message(topology, queue, row.id, &body, &stored);
+            let message =
+                replay_message(topology, queue, row.id, &body, &stored, &state.broker_user);
             let target = message.routing_key.clone();
             reopen_replayed_jobs(conn, topology, &[(row.id, &message)], &principal).await?;
             audit::record(
@@ -754,7 +773,14 @@ async fn replay_many(
                 let mut ids = Vec::with_capacity(rows.len());
                 for (id, source_queue, body, stored, _) in &rows {
                     if let Some(queue) = replay_target(topology, source_queue) {
-                        messages.push(replay_message(topology, queue, *id, body, stored));
+                        messages.push(replay_message(
+                            topology,
+                            queue,
+                            *id,
+                            body,
+                            stored,
+                            &state.broker_user,
+                        ));
                         ids.push(*id);
                     }
                 }
@@ -907,7 +933,7 @@ mod tests {
                 "x-n": 3,
             },
         });
-        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &typed);
+        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &typed, "guest");
         assert_eq!(message.routing_key, topology.queue(Queue::Mailbox));
         assert_eq!(message.body, b"{}");
         let properties = &message.properties;
@@ -933,7 +959,7 @@ mod tests {
             "message_id": "m-1",
             "headers": {"x-mailtrail-tenant": "LongString(\"acme\")"},
         });
-        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &legacy);
+        let message = replay_message(&topology, Queue::Mailbox, id, b"{}", &legacy, "guest");
         let table = message.properties.headers().clone().unwrap_or_default();
         assert_eq!(table.inner().len(), 1, "{table:?}");
         assert!(table.contains_key(headers::REPLAY_OF));

@@ -48,6 +48,9 @@ pub struct ApiState {
     pub publisher: PublisherSlot,
     /// Queue names (where a dead letter goes back to).
     pub topology: Topology,
+    /// The operator's broker user: a replayed mailbox request is published as this user, with
+    /// its original publisher in a header the intake believes only from this user.
+    pub broker_user: String,
 }
 
 /// An API error, rendered as problem+json.

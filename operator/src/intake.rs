@@ -18,6 +18,7 @@ use crate::faults;
 use crate::history::{NewEvent, record_events};
 use crate::schema::{emails, outbox, requests};
 use crate::suppressions;
+use crate::tenant_policy::TenantPolicy;
 use anyhow::Context;
 use chrono::Utc;
 use diesel::prelude::*;
@@ -62,6 +63,7 @@ pub struct Intake {
     db_timeout: Duration,
     relay_wake: Arc<Notify>,
     clock: Clock,
+    policy: Arc<TenantPolicy>,
 }
 
 /// A dead-letter row and its broker copy, for one set-aside message.
@@ -89,7 +91,14 @@ impl Intake {
             db_timeout,
             relay_wake,
             clock: Clock::system(),
+            policy: Arc::new(TenantPolicy::default()),
         }
+    }
+
+    /// Checks who may write for which tenant (tenant binding, from domains).
+    pub fn with_policy(mut self, policy: TenantPolicy) -> Intake {
+        self.policy = Arc::new(policy);
+        self
     }
 
     /// Uses `clock` to decide whether a `send_at` is still in the future (tests).
@@ -115,6 +124,7 @@ impl Intake {
                     },
                     &self.limits,
                 )
+                .and_then(|request| self.policy.check(message, &request).map(|()| request))
             })
             .collect();
 

@@ -16,6 +16,7 @@
 //!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`search_api`]: message search (`GET /v1/messages`) and its NDJSON/CSV export.
 //! * [`stats_api`]: event counts per hour or day and dispatch-cohort rates (`GET /v1/stats`).
+//! * [`tenant_policy`]: which broker user may write for which tenant, and from which domains.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
 
@@ -41,6 +42,7 @@ pub mod search_api;
 pub mod stats_api;
 pub mod status_events;
 pub mod suppressions;
+pub mod tenant_policy;
 pub mod tracking;
 
 pub use app::Operator;

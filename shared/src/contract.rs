@@ -130,6 +130,11 @@ pub enum RejectReason {
     FanoutTooLarge,
     /// Operator-level: the same key with different content.
     Conflict,
+    /// Operator-level, with tenant binding on: the publishing broker user (AMQP `user_id`) is
+    /// missing, unknown, or not bound to the request's tenant.
+    TenantNotAllowed,
+    /// Operator-level: `from` is outside the tenant's allowed domains.
+    FromDomainNotAllowed,
 }
 
 impl RejectReason {
@@ -147,6 +152,8 @@ impl RejectReason {
             RejectReason::TooManyRecipients => "too_many_recipients",
             RejectReason::FanoutTooLarge => "fanout_too_large",
             RejectReason::Conflict => "conflict",
+            RejectReason::TenantNotAllowed => "tenant_not_allowed",
+            RejectReason::FromDomainNotAllowed => "from_domain_not_allowed",
         }
     }
 }

@@ -34,6 +34,10 @@ pub const ORIGINAL_MESSAGE_ID: &str = "x-mailtrail-original-message-id";
 pub const ORIGINAL_USER_ID: &str = "x-mailtrail-original-user-id";
 /// On a message republished from the dead letters by an admin: the dead letter's id (UUID).
 pub const REPLAY_OF: &str = "x-mailtrail-replay-of";
+/// On a mailbox request the operator replays: the broker user that published the original (its
+/// AMQP `user_id`, as recorded). Trusted only on a message whose `user_id` is the operator's own
+/// broker user, which RabbitMQ verifies; ignored on anything else.
+pub const ORIGINAL_PUBLISHER: &str = "x-mailtrail-original-publisher";
 
 /// The content type of every mailtrail message and of mailbox requests.
 pub const JSON_CONTENT_TYPE: &str = "application/json";

@@ -23,5 +23,6 @@ mod stats;
 mod status_events;
 mod suppressions;
 mod suppressions_live;
+mod tenant_binding;
 mod tracking;
 mod webhooks;
