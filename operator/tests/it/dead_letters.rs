@@ -2,7 +2,7 @@
 //! counted, the operator's own copies not twice), an exhausted dispatch job gets `failed` once,
 //! and the admin API lists, shows, replays (once) and discards them within the key's scope.
 
-use crate::helpers::{World, http_get, incoming};
+use crate::helpers::{World, api_ready, http_get, incoming};
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
@@ -408,10 +408,7 @@ async fn api_without_waiting(
         acme_read: key("acme read", Some("acme"), Role::Read).await,
         globex: key("globex", Some("globex"), Role::Admin).await,
     };
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
     (api, stop, handle)
 }
 

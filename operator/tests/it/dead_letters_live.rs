@@ -2,7 +2,7 @@
 //! its retries and a malformed request both appear with their reasons; once the cause is fixed,
 //! a replay delivers the email once; a second replay does nothing.
 
-use crate::helpers::World;
+use crate::helpers::{World, timeline};
 use mailtrail_operator::keys::{self, Role};
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
@@ -11,7 +11,6 @@ use mailtrail_test_support::{
     ServiceProcess, eventually, free_port, http_get, http_post, target_bin,
 };
 use std::time::Duration;
-use uuid::Uuid;
 
 /// A dispatcher that gives a job up after two attempts a second apart.
 fn impatient_dispatcher(world: &World, smtp: &SmtpCapture) -> ServiceProcess {
@@ -37,16 +36,6 @@ fn request(key: &str, to: &str) -> String {
         "subject": "S", "text": "T",
     })
     .to_string()
-}
-
-async fn timeline(world: &World, email: Uuid) -> String {
-    world
-        .query(&format!(
-            "SELECT coalesce(string_agg(event_type, ',' ORDER BY seq), '') FROM events
-              WHERE email_id = '{email}'"
-        ))
-        .await[0]
-        .get::<_, String>(0)
 }
 
 fn received_by(smtp: &SmtpCapture, address: &str) -> usize {

@@ -203,3 +203,28 @@ pub fn reason_of(message: &lapin::message::BasicGetMessage) -> Option<String> {
 }
 
 pub use mailtrail_test_support::http_get;
+
+/// An email's event types in history order (`docs/history.md`), comma-separated; empty when it
+/// has none.
+pub async fn timeline(world: &World, email: uuid::Uuid) -> String {
+    world
+        .query(&format!(
+            "SELECT coalesce(string_agg(event_type, ',' ORDER BY occurred_at, lifecycle_rank, seq),
+                             '')
+               FROM events WHERE email_id = '{email}'"
+        ))
+        .await[0]
+        .get::<_, String>(0)
+}
+
+/// Waits until the operator's HTTP API on `port` answers.
+pub async fn api_ready(port: u16) {
+    mailtrail_test_support::eventually("the API answers", Duration::from_secs(20), || async {
+        (mailtrail_test_support::http_get(port, "/healthz", None)
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
+}

@@ -1,7 +1,7 @@
 //! Scheduled sends: a future `send_at` holds the job in the outbox until it is due, whichever
 //! operator's relay looks, and `DELETE /v1/messages/{id}` withdraws it before it leaves.
 
-use crate::helpers::{World, http_get, incoming};
+use crate::helpers::{World, api_ready, incoming, timeline};
 use chrono::{DateTime, Duration as Span, SecondsFormat, Utc};
 use mailtrail_broker::Publisher;
 use mailtrail_operator::clock::Clock;
@@ -61,16 +61,6 @@ async fn accept(intake: &Intake, world: &World, body: &str) -> Vec<Uuid> {
         [IntakeOutcome::Accepted { email_ids, .. }] => email_ids.clone(),
         other => panic!("expected the request to be accepted, got {other:?}"),
     }
-}
-
-async fn timeline(world: &World, email: Uuid) -> String {
-    world
-        .query(&format!(
-            "SELECT string_agg(event_type, ',' ORDER BY occurred_at, lifecycle_rank, seq)
-               FROM events WHERE email_id = '{email}'"
-        ))
-        .await[0]
-        .get::<_, String>(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -203,10 +193,7 @@ async fn cancelling_withdraws_a_scheduled_email_within_the_keys_scope() {
     let (_, globex) = keys::create(&mut conn, "globex", Some("globex"), Role::Admin)
         .await
         .expect("key");
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
 
     let publisher = Publisher::open(&world.connection).await.expect("publisher");
     let intake = intake_with(&world, publisher, Clock::system());

@@ -3,7 +3,7 @@
 //! repeats; invalid input is a 400 problem; a tenant key never sees another tenant's mail; the
 //! export streams the same set as NDJSON and as CSV with formula cells neutralised.
 
-use crate::helpers::{World, http_get, incoming};
+use crate::helpers::{World, api_ready, http_get, incoming};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use mailtrail_operator::clock::Clock;
 use mailtrail_operator::keys::{self, Role};
@@ -12,7 +12,6 @@ use mailtrail_shared::history::EventType;
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
-use mailtrail_test_support::eventually;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,10 +200,7 @@ async fn api(world: &World) -> (Api, tokio_util::sync::CancellationToken) {
         acme: key("acme", Some("acme")).await,
         globex: key("globex", Some("globex")).await,
     };
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
     (api, stop)
 }
 

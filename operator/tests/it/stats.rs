@@ -16,16 +16,14 @@
 //! two dispatched emails, so counting events would give a 150 % open rate; the day-1 cohort has
 //! three of its four emails opened by people (a3's only on day 2): 75 %.
 
-use crate::helpers::{World, http_get, incoming};
+use crate::helpers::{World, api_ready, http_get, incoming};
 use chrono::{DateTime, Utc};
 use mailtrail_operator::history::{NewEvent, record_events};
 use mailtrail_operator::keys::{self, Role};
 use mailtrail_shared::history::EventType;
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
-use mailtrail_test_support::eventually;
 use serde_json::{Value, json};
-use std::time::Duration;
 use uuid::Uuid;
 
 const DAY1: &str = "2026-11-02";
@@ -142,10 +140,7 @@ async fn api(
     let (_, globex) = keys::create(&mut conn, "globex", Some("globex"), Role::Admin)
         .await
         .expect("key");
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
     (
         Api {
             port,

@@ -2,7 +2,7 @@
 //! recorded event of the tenants it bound, in a form it can order and de-duplicate, and nothing
 //! of the tenants it did not bind.
 
-use crate::helpers::{World, incoming};
+use crate::helpers::{World, incoming, timeline};
 use chrono::Utc;
 use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -76,16 +76,6 @@ async fn take_all(world: &World, queue: &str) -> Vec<Received> {
         });
     }
     received
-}
-
-async fn timeline(world: &World, email: Uuid) -> String {
-    world
-        .query(&format!(
-            "SELECT coalesce(string_agg(event_type, ',' ORDER BY seq), '') FROM events
-              WHERE email_id = '{email}'"
-        ))
-        .await[0]
-        .get::<_, String>(0)
 }
 
 fn request(tenant: &str, key: &str, to: &str) -> String {

@@ -2,7 +2,7 @@
 //! the recipient (per tenant, on the canonical address); mail to a suppressed address is recorded
 //! `suppressed` and never dispatched; the admin API lists, looks up, adds and removes entries.
 
-use crate::helpers::{World, http_get, incoming};
+use crate::helpers::{World, api_ready, http_get, incoming, timeline};
 use chrono::Utc;
 use mailtrail_broker::Publisher;
 use mailtrail_operator::intake::Intake;
@@ -13,7 +13,7 @@ use mailtrail_shared::history::EventType;
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
-use mailtrail_test_support::{eventually, http_delete, http_post};
+use mailtrail_test_support::{http_delete, http_post};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -114,16 +114,6 @@ fn soft_bounce(email_id: Uuid, tenant: &str) -> TrackingEvent {
         EventType::Bounced,
         serde_json::json!({"bounce_kind": "soft"}),
     )
-}
-
-async fn timeline(world: &World, email: Uuid) -> String {
-    world
-        .query(&format!(
-            "SELECT string_agg(event_type, ',' ORDER BY occurred_at, lifecycle_rank, seq)
-               FROM events WHERE email_id = '{email}'"
-        ))
-        .await[0]
-        .get::<_, String>(0)
 }
 
 async fn entries(world: &World, tenant: &str) -> Vec<(String, String)> {
@@ -245,10 +235,7 @@ async fn removing_the_entry_through_the_api_lets_the_next_email_through() {
     let (_, admin) = keys::create(&mut conn, "acme admin", Some("acme"), Role::Admin)
         .await
         .expect("key");
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
     assert_eq!(
         http_delete(port, "/v1/suppressions/acme/ANN@example.com", &admin)
             .await
@@ -418,10 +405,7 @@ async fn the_api_lists_looks_up_adds_and_removes_within_the_keys_scope() {
     let (_, globex) = keys::create(&mut conn, "globex", Some("globex"), Role::Admin)
         .await
         .expect("key");
-    eventually("the API answers", Duration::from_secs(20), || async {
-        (http_get(port, "/healthz", None).await.0 == 200).then_some(())
-    })
-    .await;
+    api_ready(port).await;
 
     // Add: canonicalised; invalid input is 400; a read key is 403; another tenant is 404, as if
     // it did not exist.
