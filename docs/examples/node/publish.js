@@ -41,6 +41,9 @@ async function main() {
       contentType: 'application/json',
       persistent: true,
       messageId: requestId,
+      // The broker user we connect as; RabbitMQ checks it. The operator needs it when tenant
+      // binding is on (MAILTRAIL_TENANT_BINDING), and it does no harm when it is off.
+      userId: decodeURIComponent(new URL(url).username) || 'guest',
       mandatory: true,
     });
     await channel.waitForConfirms();

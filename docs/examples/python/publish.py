@@ -35,7 +35,8 @@ request = {
     "metadata": {"source": "python-example"},
 }
 
-connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+parameters = pika.URLParameters(amqp_url)
+connection = pika.BlockingConnection(parameters)
 channel = connection.channel()
 channel.confirm_delivery()  # basic_publish now raises if the broker refuses the message
 channel.basic_publish(
@@ -46,6 +47,9 @@ channel.basic_publish(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=request_id,
+        # The broker user we connect as; RabbitMQ checks it. The operator needs it when tenant
+        # binding is on (MAILTRAIL_TENANT_BINDING), and it does no harm when it is off.
+        user_id=parameters.credentials.username,
     ),
     mandatory=True,  # an unroutable message (no such queue) raises instead of vanishing
 )
