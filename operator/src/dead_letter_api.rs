@@ -302,7 +302,22 @@ struct Page {
     next: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("reason" = Option<String>, Query, description = "The reason it was set aside"),
+        ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = serde_json::Value),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+    ))]
+pub(crate) async fn list(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -373,7 +388,13 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no dead letter with id {id:?}"))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    responses(
+        (status = 200, description = "The dead letter with its body and message properties", body = serde_json::Value),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+    ))]
+pub(crate) async fn show(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -608,7 +629,16 @@ async fn publisher(state: &ApiState) -> Result<Publisher, ApiError> {
         .ok_or_else(|| ApiError::BrokerUnavailable(anyhow::anyhow!("no broker session")))
 }
 
-async fn replay_one(
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    responses(
+        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = serde_json::Value),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+        (status = 409, description = "Discarded, or its source is not a queue mailtrail consumes"),
+        (status = 503, description = "No broker session (or no database)"),
+    ))]
+pub(crate) async fn replay_one(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -695,7 +725,23 @@ async fn replay_one(
     }
 }
 
-async fn replay_many(
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("reason" = Option<String>, Query, description = "The reason it was set aside"),
+        ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1–1000, default 1000"),
+    ),
+    responses(
+        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = serde_json::Value),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 503, description = "No broker session (or no database)"),
+    ))]
+pub(crate) async fn replay_many(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -836,7 +882,18 @@ struct Discard {
     reason: String,
 }
 
-async fn discard(
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/discard", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "`{\"reason\"}`, 1–500 characters"),
+    responses(
+        (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),
+        (status = 400, description = "An unreadable body or an invalid reason"),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+        (status = 409, description = "It was replayed"),
+    ))]
+pub(crate) async fn discard(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,

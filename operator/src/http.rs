@@ -30,8 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The paths that answer without an API key. Everything else needs one.
-pub const PUBLIC_PATHS: &[&str] = mailtrail_runtime::HEALTH_PATHS;
+/// The paths that answer without an API key: the health endpoints
+/// (`mailtrail_runtime::HEALTH_PATHS`) and the OpenAPI document. Everything else needs one; the
+/// document marks exactly these `security: []`.
+pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", crate::openapi::OPENAPI_PATH];
 
 /// The publisher of the running broker session, filled by each session and emptied when it
 /// ends: the HTTP server outlives sessions.
@@ -110,6 +112,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        // Public, so registered before the keyed scope (which would match it first otherwise).
+        .route(
+            crate::openapi::OPENAPI_PATH,
+            web::get().to(crate::openapi::document),
+        )
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
@@ -159,11 +166,18 @@ async fn require_api_key(
     next.call(request).await
 }
 
-async fn healthz() -> HttpResponse {
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = serde_json::Value)))]
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "The database and the broker are reachable", body = serde_json::Value),
+        (status = 503, description = "Not ready: `database` and `broker` say which is unavailable", body = serde_json::Value, content_type = "application/json"),
+    ))]
+pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let database = with_deadline(Duration::from_secs(2), "readiness", async {
         let mut conn = state.pool.get().await?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await?;
@@ -268,7 +282,13 @@ type MessageRow = (
     serde_json::Value,
 );
 
-async fn message_history(
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The email id")),
+    responses(
+        (status = 200, description = "The email's summary and its events in timeline order", body = serde_json::Value),
+        (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
+    ))]
+pub(crate) async fn message_history(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -407,7 +427,15 @@ async fn message_history(
 /// `DELETE /v1/messages/{id}`: withdraws an email whose job has not left yet (a scheduled one,
 /// typically). Cancelling twice answers 200 with `changed: false`; an email already on its way
 /// answers 409 with its status.
-async fn cancel_message(
+#[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The email id")),
+    responses(
+        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = serde_json::Value),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
+        (status = 409, description = "Its job was already handed to the dispatcher (the problem names its status)"),
+    ))]
+pub(crate) async fn cancel_message(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -444,7 +472,7 @@ async fn cancel_message(
 }
 
 #[derive(Debug, Deserialize)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<i64>,
     /// An entry id: the page holds older entries.
     before: Option<i64>,
@@ -452,7 +480,17 @@ struct AuditQuery {
 
 /// `GET /v1/audit?limit=&before=` (admin key): who changed what, newest first; a tenant key sees
 /// its tenant's entries only. `next` is the `before` of the following page.
-async fn list_audit(
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("before" = Option<i64>, Query, description = "An entry id: the page holds older entries (the `next` of the previous page)"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = serde_json::Value),
+        (status = 400, description = "An invalid `limit` or `before`"),
+        (status = 403, description = "A read key: this needs an admin key"),
+    ))]
+pub(crate) async fn list_audit(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<AuditQuery>,
@@ -540,7 +578,17 @@ fn canonical(address: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn list_suppressions(
+#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's answers an empty page)"),
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}` in (tenant, address) order", body = serde_json::Value),
+        (status = 400, description = "An invalid `limit` or `after`"),
+    ))]
+pub(crate) async fn list_suppressions(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -591,7 +639,16 @@ async fn list_suppressions(
     }))
 }
 
-async fn get_suppression(
+#[utoipa::path(get, path = "/v1/suppressions/{tenant}/{address}", tag = "suppressions",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("address" = String, Path, description = "The address, in any form (canonicalised)"),
+    ),
+    responses(
+        (status = 200, description = "The entry", body = serde_json::Value),
+        (status = 404, description = "Not suppressed, or another tenant's"),
+    ))]
+pub(crate) async fn get_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<(String, String)>,
@@ -626,7 +683,16 @@ struct NewSuppression {
 
 const MAX_REASON_CHARS: usize = 200;
 
-async fn add_suppression(
+#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions",
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "`{\"tenant\", \"address\", \"reason\"?, \"expires_at\"?}`"),
+    responses(
+        (status = 201, description = "Added (or replaced)", body = serde_json::Value),
+        (status = 400, description = "An unreadable body, an empty tenant, an invalid address or reason"),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 404, description = "Another tenant's (as if it did not exist)"),
+    ))]
+pub(crate) async fn add_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     body: web::Bytes,
@@ -681,7 +747,17 @@ async fn add_suppression(
     Ok(HttpResponse::Created().json(SuppressionView::from(entry)))
 }
 
-async fn remove_suppression(
+#[utoipa::path(delete, path = "/v1/suppressions/{tenant}/{address}", tag = "suppressions",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("address" = String, Path, description = "The address, in any form (canonicalised)"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 404, description = "Not suppressed, or another tenant's"),
+    ))]
+pub(crate) async fn remove_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<(String, String)>,
