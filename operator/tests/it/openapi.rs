@@ -37,14 +37,14 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/v1/stats"),
 ];
 
-/// (status, content type) of one request; `bearer` `None` sends no `Authorization`.
+/// (status, content type, raw body) of one request; `bearer` `None` sends no `Authorization`.
 async fn call(
     port: u16,
     method: &str,
     path: &str,
     bearer: Option<&str>,
     body: &str,
-) -> (u16, String) {
+) -> (u16, String, String) {
     let auth = bearer
         .map(|key| format!("Authorization: Bearer {key}\r\n"))
         .unwrap_or_default();
@@ -61,7 +61,7 @@ async fn call(
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw).await;
     let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()
         .nth(1)
@@ -75,7 +75,7 @@ async fn call(
                 .then(|| value.trim().to_owned())
         })
         .unwrap_or_default();
-    (status, content_type)
+    (status, content_type, rest.to_owned())
 }
 
 /// One documented operation.
@@ -256,7 +256,7 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
             world.queue(Queue::Mailbox)
         ))
         .await;
-    let (status, _) = call(
+    let (status, _, _) = call(
         port,
         "post",
         "/v1/suppressions",
@@ -274,7 +274,7 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
         let body = operation.body("acme", address);
         let what = format!("{} {}", operation.method, operation.path);
         if operation.public {
-            let (status, _) = call(port, &operation.method, &url, None, &body).await;
+            let (status, _, _) = call(port, &operation.method, &url, None, &body).await;
             assert_ne!(status, 401, "{what} is public");
             assert!(
                 operation.statuses.contains(&status.to_string()),
@@ -283,21 +283,22 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
             continue;
         }
         for (key, name) in [(None, "no key"), (Some(revoked.as_str()), "a revoked key")] {
-            let (status, _) = call(port, &operation.method, &url, key, &body).await;
+            let (status, _, _) = call(port, &operation.method, &url, key, &body).await;
             assert_eq!(status, 401, "{what} with {name}");
         }
-        let (status, content_type) =
+        let (status, content_type, _) =
             call(port, &operation.method, &url, Some(garbage), &body).await;
         assert_eq!(status, 401, "{what} with a made-up key");
         assert_eq!(content_type, "application/problem+json", "{what}");
         if operation.mutates() {
-            let (status, content_type) =
+            let (status, content_type, _) =
                 call(port, &operation.method, &url, Some(&acme_read), &body).await;
             assert_eq!(status, 403, "{what} with a read key");
             assert_eq!(content_type, "application/problem+json", "{what}");
         }
         // With an admin key the route is served, and what it answers is documented.
-        let (status, content_type) = call(port, &operation.method, &url, Some(&ops), &body).await;
+        let (status, content_type, _) =
+            call(port, &operation.method, &url, Some(&ops), &body).await;
         assert!(
             operation.statuses.contains(&status.to_string()),
             "{what} with an admin key: {status} is not documented ({:?})",
@@ -321,17 +322,26 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
         let names_data = operation.path.contains('{')
             || (operation.method == "post" && operation.path == "/v1/suppressions");
         if names_data {
-            let (status, _) = call(port, &operation.method, &url, Some(&acme), &body).await;
+            let (status, _, _) = call(port, &operation.method, &url, Some(&acme), &body).await;
             assert_eq!(status, 404, "{what} on globex's data with acme's key");
         } else if operation.path == "/v1/dead-letters/replay" {
             // Matches nothing of globex's (checked below: its dead letter is still open).
-            let (status, _) = call(port, &operation.method, &url, Some(&acme), &body).await;
+            let (status, _, _) = call(port, &operation.method, &url, Some(&acme), &body).await;
             assert_eq!(status, 200, "{what} for globex with acme's key");
         } else if operation.method == "get" {
             let url = format!("{}?tenant=globex", operation.path);
             let (status, _, page) = http_get(port, &url, Some(&acme)).await;
             match operation.path.as_str() {
                 "/v1/stats" => assert_eq!(status, 404, "{what}"),
+                "/v1/messages/export" => {
+                    let url = "/v1/messages/export?format=ndjson&tenant=globex";
+                    let (status, _, all) = call(port, "get", url, Some(&ops), "").await;
+                    assert_eq!(status, 200);
+                    assert!(all.contains("bob@example.com"), "{all}");
+                    let (status, _, export) = call(port, "get", url, Some(&acme), "").await;
+                    assert_eq!(status, 200, "{what}");
+                    assert!(!export.contains("bob@example.com"), "{what}: {export}");
+                }
                 "/v1/messages" | "/v1/suppressions" | "/v1/dead-letters" => {
                     assert_eq!(status, 200, "{what}");
                     assert_eq!(page["items"], serde_json::json!([]), "{what}: {page}");
