@@ -2,7 +2,9 @@
 //!
 //! Every path under `/v1` requires an API key (`Authorization: Bearer mtk_…`), enforced by one
 //! middleware on the whole scope, so a new endpoint cannot be public by accident. The only
-//! public paths are listed in [`PUBLIC_PATHS`] (and in README.md, "HTTP API").
+//! public paths are listed in [`PUBLIC_PATHS`] (and in README.md, "HTTP API"): the health
+//! endpoints and the OpenAPI document (`crate::openapi`), registered outside the keyed scope.
+//! Every handler carries a `#[utoipa::path]` annotation listing its parameters and answers.
 //!
 //! Errors are `application/problem+json` (RFC 9457). Internal causes are logged once here and
 //! never sent to the client. Another tenant's email answers 404, exactly like an unknown one.
@@ -98,12 +100,12 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        response.json(serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        }))
+        response.json(crate::openapi::Problem {
+            problem_type: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        })
     }
 }
 

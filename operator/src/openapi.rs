@@ -11,6 +11,7 @@
 
 use crate::http::PUBLIC_PATHS;
 use actix_web::HttpResponse;
+use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -18,20 +19,21 @@ use utoipa::{Modify, OpenApi, ToSchema};
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 
-/// An error answer (RFC 9457).
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)]
+/// An error answer (RFC 9457): the body of every `application/problem+json` response
+/// (`ApiError`'s rendering).
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
     /// Always `about:blank`.
-    #[schema(rename = "type", example = "about:blank")]
-    problem_type: String,
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub problem_type: String,
     /// The status's reason phrase.
     #[schema(example = "Not Found")]
-    title: String,
+    pub title: String,
     #[schema(example = 404)]
-    status: u16,
+    pub status: u16,
     /// What went wrong, for a person.
-    detail: String,
+    pub detail: String,
 }
 
 #[derive(OpenApi)]
