@@ -20,7 +20,7 @@ use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
 use crate::history::{NewEvent, record_events};
 use crate::http::{ApiError, ApiState, require_admin};
 use crate::intake::SERVICE;
-use crate::keys::Principal;
+use crate::keys::{Principal, Role};
 use crate::schema::dead_letters;
 use actix_web::{HttpResponse, web};
 use base64::Engine;
@@ -388,6 +388,34 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no dead letter with id {id:?}"))
 }
 
+/// A read key changes nothing, but a dead letter out of its sight answers 404 like an unknown
+/// one (never 403 for another tenant's data): only one it can see gets the 403.
+async fn require_admin_for(
+    state: &ApiState,
+    principal: &Principal,
+    id: Uuid,
+    change: &str,
+) -> Result<(), ApiError> {
+    if principal.role == Role::Admin {
+        return Ok(());
+    }
+    let tenant = with_deadline(state.db_timeout, "look up a dead letter", async {
+        let mut conn = state.pool.get().await?;
+        Ok(dead_letters::table
+            .find(id)
+            .select(dead_letters::tenant)
+            .first::<Option<String>>(&mut conn)
+            .await
+            .optional()?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    match tenant {
+        Some(tenant) if may_see(principal, tenant.as_deref()) => require_admin(principal, change),
+        _ => Err(not_found(&id.to_string())),
+    }
+}
+
 #[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
     responses(
@@ -633,7 +661,7 @@ async fn publisher(state: &ApiState) -> Result<Publisher, ApiError> {
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
     responses(
         (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = serde_json::Value),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
         (status = 409, description = "Discarded, or its source is not a queue mailtrail consumes"),
         (status = 503, description = "No broker session (or no database)"),
@@ -643,8 +671,8 @@ pub(crate) async fn replay_one(
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "replaying dead letters")?;
     let id = Uuid::parse_str(&path).map_err(|_| not_found(&path))?;
+    require_admin_for(&state, &principal, id, "replaying dead letters").await?;
     let publisher = publisher(&state).await?;
     let topology = &state.topology;
     let replayed = with_deadline(state.db_timeout, "replay a dead letter", async {
@@ -889,7 +917,7 @@ struct Discard {
     responses(
         (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),
         (status = 400, description = "An unreadable body or an invalid reason"),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
         (status = 409, description = "It was replayed"),
     ))]
@@ -899,8 +927,8 @@ pub(crate) async fn discard(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "discarding dead letters")?;
     let id = Uuid::parse_str(&path).map_err(|_| not_found(&path))?;
+    require_admin_for(&state, &principal, id, "discarding dead letters").await?;
     let discard: Discard = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"reason\"}}: {e}")))?;
     let reason = discard.reason.trim();

@@ -433,7 +433,7 @@ pub(crate) async fn message_history(
     params(("id" = uuid::Uuid, Path, description = "The email id")),
     responses(
         (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = serde_json::Value),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
         (status = 409, description = "Its job was already handed to the dispatcher (the problem names its status)"),
     ))]
@@ -442,9 +442,27 @@ pub(crate) async fn cancel_message(
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "cancelling an email")?;
     let not_found = || ApiError::NotFound(format!("no email with id {:?}", path.as_str()));
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
+    // A read key changes nothing, but another tenant's email answers 404 like an unknown one
+    // (never 403 for another tenant's data): only an email in its sight gets the 403.
+    if principal.role != Role::Admin {
+        let tenant = with_deadline(state.db_timeout, "look up an email", async {
+            let mut conn = state.pool.get().await?;
+            Ok(emails::table
+                .find(id)
+                .select(emails::tenant)
+                .first::<String>(&mut conn)
+                .await
+                .optional()?)
+        })
+        .await
+        .map_err(ApiError::Unavailable)?;
+        if !tenant.is_some_and(|tenant| principal.may_see(&tenant)) {
+            return Err(not_found());
+        }
+        require_admin(&principal, "cancelling an email")?;
+    }
     let outcome = with_deadline(state.db_timeout, "cancel an email", async {
         let mut conn = state.pool.get().await?;
         crate::scheduling::cancel(&mut conn, &principal, id, Utc::now()).await
@@ -490,7 +508,7 @@ pub(crate) struct AuditQuery {
     responses(
         (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = serde_json::Value),
         (status = 400, description = "An invalid `limit` or `before`"),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key: the audit log needs an admin key"),
     ))]
 pub(crate) async fn list_audit(
     state: web::Data<ApiState>,
@@ -691,7 +709,7 @@ const MAX_REASON_CHARS: usize = 200;
     responses(
         (status = 201, description = "Added (or replaced)", body = serde_json::Value),
         (status = 400, description = "An unreadable body, an empty tenant, an invalid address or reason"),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Another tenant's (as if it did not exist)"),
     ))]
 pub(crate) async fn add_suppression(
@@ -699,7 +717,6 @@ pub(crate) async fn add_suppression(
     principal: web::ReqData<Principal>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "changing suppressions")?;
     let new: NewSuppression = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"tenant\", \"address\", \"reason\"}}: {e}"
@@ -716,6 +733,7 @@ pub(crate) async fn add_suppression(
             new.tenant
         )));
     }
+    require_admin(&principal, "changing suppressions")?;
     let address = canonical(&new.address)
         .map_err(|e| ApiError::BadRequest(format!("address is not valid: {e}")))?;
     let reason = new.reason.as_deref().map(str::trim).unwrap_or("manual");
@@ -756,7 +774,7 @@ pub(crate) async fn add_suppression(
     ),
     responses(
         (status = 204, description = "Removed"),
-        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Not suppressed, or another tenant's"),
     ))]
 pub(crate) async fn remove_suppression(

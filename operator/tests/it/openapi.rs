@@ -10,7 +10,7 @@ use mailtrail_operator::keys::{self, Role};
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
 use mailtrail_test_support::http_get;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -234,28 +234,37 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
     );
     let garbage = "mtk_000000000000_notakeyatall";
 
-    // globex data: an email, a dead letter, a suppression.
+    // Each tenant's data: an email (scheduled far ahead, so it could be cancelled) and a dead
+    // letter; globex also a suppression.
     let (intake, relay) = world.steps().await;
-    let request = serde_json::json!({
-        "id": "g-1", "tenant": "globex", "from": "shop@globex.test", "to": "bob@example.com",
-        "subject": "S", "text": "T", "send_at": "2999-01-01T00:00:00Z",
-    })
-    .to_string();
-    intake
-        .handle(&[incoming(&world, Queue::Mailbox, &request, None)])
-        .await
-        .expect("intake");
+    let mut email = BTreeMap::new();
+    let mut dead_letter = BTreeMap::new();
+    for tenant in ["acme", "globex"] {
+        let request = serde_json::json!({
+            "id": "r-1", "tenant": tenant, "from": format!("shop@{tenant}.test"),
+            "to": "bob@example.com", "subject": "S", "text": "T",
+            "send_at": "2999-01-01T00:00:00Z",
+        })
+        .to_string();
+        intake
+            .handle(&[incoming(&world, Queue::Mailbox, &request, None)])
+            .await
+            .expect("intake");
+        email.insert(tenant, ids::email_id(tenant, "r-1", "bob@example.com"));
+        let id = Uuid::new_v4();
+        world
+            .query(&format!(
+                "INSERT INTO dead_letters (id, source_queue, reason, detail, tenant, \
+                 set_aside_by, body) VALUES ('{id}', '{}', 'invalid_request', 'test', \
+                 '{tenant}', 'operator', convert_to('{{}}', 'UTF8'))",
+                world.queue(Queue::Mailbox)
+            ))
+            .await;
+        dead_letter.insert(tenant, id);
+    }
     relay.drain().await.expect("relay");
-    let globex_email = ids::email_id("globex", "g-1", "bob@example.com");
-    let globex_dead_letter = Uuid::new_v4();
-    world
-        .query(&format!(
-            "INSERT INTO dead_letters (id, source_queue, reason, detail, tenant, set_aside_by, \
-             body) VALUES ('{globex_dead_letter}', '{}', 'invalid_request', 'test', 'globex', \
-             'operator', convert_to('{{}}', 'UTF8'))",
-            world.queue(Queue::Mailbox)
-        ))
-        .await;
+    let globex_email = email["globex"];
+    let globex_dead_letter = dead_letter["globex"];
     let (status, _, _) = call(
         port,
         "post",
@@ -291,10 +300,28 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
         assert_eq!(status, 401, "{what} with a made-up key");
         assert_eq!(content_type, "application/problem+json", "{what}");
         if operation.mutates() {
-            let (status, content_type, _) =
-                call(port, &operation.method, &url, Some(&acme_read), &body).await;
-            assert_eq!(status, 403, "{what} with a read key");
-            assert_eq!(content_type, "application/problem+json", "{what}");
+            // On its own tenant's data: 403. On another tenant's: 404, never 403.
+            for tenant in ["acme", "globex"] {
+                let id = if operation.path.starts_with("/v1/messages/") {
+                    email[tenant]
+                } else {
+                    dead_letter[tenant]
+                };
+                let url = operation.url(id, tenant, "bob@example.com");
+                let body = operation.body(tenant, "bob@example.com");
+                let expected = match (tenant, operation.path.as_str()) {
+                    // A bulk replay names no data: a read key may not run it at all.
+                    ("acme", _) | (_, "/v1/dead-letters/replay") => 403,
+                    _ => 404,
+                };
+                let (status, content_type, _) =
+                    call(port, &operation.method, &url, Some(&acme_read), &body).await;
+                assert_eq!(
+                    status, expected,
+                    "{what} on {tenant}'s data with acme's read key"
+                );
+                assert_eq!(content_type, "application/problem+json", "{what}");
+            }
         }
         // With an admin key the route is served, and what it answers is documented.
         let (status, content_type, _) =
@@ -368,6 +395,26 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
     )
     .await;
     assert_eq!((status, letter["state"].as_str()), (200, Some("open")));
+    for tenant in ["acme", "globex"] {
+        let (status, _, letter) = http_get(
+            port,
+            &format!("/v1/dead-letters/{}", dead_letter[tenant]),
+            Some(&ops),
+        )
+        .await;
+        // acme's was replayed by the all-tenant admin's bulk replay for acme; nobody else's
+        // call changed one.
+        let state = if tenant == "acme" { "replayed" } else { "open" };
+        assert_eq!(
+            (status, letter["state"].as_str()),
+            (200, Some(state)),
+            "{tenant}"
+        );
+        let (status, _, history) =
+            http_get(port, &format!("/v1/messages/{}", email[tenant]), Some(&ops)).await;
+        assert_eq!(status, 200);
+        assert_eq!(history["status"], "scheduled", "{tenant}: {history}");
+    }
 
     stop.cancel();
     handle.await.expect("operator");
