@@ -138,3 +138,67 @@ impl Modify for Rules {
 pub(crate) async fn document() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The source files that register routes (`routes` and the modules it configures).
+    const ROUTE_SOURCES: &[&str] = &[
+        include_str!("http.rs"),
+        include_str!("dead_letter_api.rs"),
+        include_str!("search_api.rs"),
+        include_str!("stats_api.rs"),
+    ];
+
+    fn documented(method: &str) -> usize {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("a document");
+        document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .filter(|item| item.get(method).is_some())
+            .count()
+    }
+
+    /// A route registered without a documented operation (or the reverse) changes a count.
+    #[test]
+    fn every_registered_route_is_documented() {
+        for method in ["get", "post", "put", "patch", "delete", "head"] {
+            let registered: usize = ROUTE_SOURCES
+                .iter()
+                .map(|source| source.matches(&format!("web::{method}()")).count())
+                .sum();
+            assert_eq!(
+                registered,
+                documented(method),
+                "{method} routes vs documented"
+            );
+        }
+        for source in ROUTE_SOURCES {
+            assert!(
+                !source.contains("web::resource("),
+                "count resources here too"
+            );
+        }
+    }
+
+    #[test]
+    fn exactly_the_public_paths_need_no_key() {
+        for path in mailtrail_runtime::HEALTH_PATHS {
+            assert!(PUBLIC_PATHS.contains(path), "{path}");
+        }
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("a document");
+        assert_eq!(document["security"], serde_json::json!([{"api_key": []}]));
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("an item") {
+                let public = operation["security"] == serde_json::json!([]);
+                assert_eq!(
+                    public,
+                    PUBLIC_PATHS.contains(&path.as_str()),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}
