@@ -20,7 +20,7 @@ use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
 use crate::history::{NewEvent, record_events};
 use crate::http::{ApiError, ApiState, require_admin};
 use crate::intake::SERVICE;
-use crate::keys::Principal;
+use crate::keys::{Principal, Role};
 use crate::schema::dead_letters;
 use actix_web::{HttpResponse, web};
 use base64::Engine;
@@ -302,7 +302,22 @@ struct Page {
     next: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("reason" = Option<String>, Query, description = "The reason it was set aside"),
+        ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = serde_json::Value),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+    ))]
+pub(crate) async fn list(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -373,7 +388,41 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no dead letter with id {id:?}"))
 }
 
-async fn show(
+/// A read key changes nothing, but a dead letter out of its sight answers 404 like an unknown
+/// one (never 403 for another tenant's data): only one it can see gets the 403.
+async fn require_admin_for(
+    state: &ApiState,
+    principal: &Principal,
+    id: Uuid,
+    change: &str,
+) -> Result<(), ApiError> {
+    if principal.role == Role::Admin {
+        return Ok(());
+    }
+    let tenant = with_deadline(state.db_timeout, "look up a dead letter", async {
+        let mut conn = state.pool.get().await?;
+        Ok(dead_letters::table
+            .find(id)
+            .select(dead_letters::tenant)
+            .first::<Option<String>>(&mut conn)
+            .await
+            .optional()?)
+    })
+    .await
+    .map_err(ApiError::Unavailable)?;
+    match tenant {
+        Some(tenant) if may_see(principal, tenant.as_deref()) => require_admin(principal, change),
+        _ => Err(not_found(&id.to_string())),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/dead-letters/{id}", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    responses(
+        (status = 200, description = "The dead letter with its body and message properties", body = serde_json::Value),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+    ))]
+pub(crate) async fn show(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -608,13 +657,22 @@ async fn publisher(state: &ApiState) -> Result<Publisher, ApiError> {
         .ok_or_else(|| ApiError::BrokerUnavailable(anyhow::anyhow!("no broker session")))
 }
 
-async fn replay_one(
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    responses(
+        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = serde_json::Value),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+        (status = 409, description = "Discarded, or its source is not a queue mailtrail consumes"),
+        (status = 503, description = "No broker session (or no database)"),
+    ))]
+pub(crate) async fn replay_one(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "replaying dead letters")?;
     let id = Uuid::parse_str(&path).map_err(|_| not_found(&path))?;
+    require_admin_for(&state, &principal, id, "replaying dead letters").await?;
     let publisher = publisher(&state).await?;
     let topology = &state.topology;
     let replayed = with_deadline(state.db_timeout, "replay a dead letter", async {
@@ -695,7 +753,23 @@ async fn replay_one(
     }
 }
 
-async fn replay_many(
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "dead letters",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("reason" = Option<String>, Query, description = "The reason it was set aside"),
+        ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1–1000, default 1000"),
+    ),
+    responses(
+        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = serde_json::Value),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+        (status = 403, description = "A read key: this needs an admin key"),
+        (status = 503, description = "No broker session (or no database)"),
+    ))]
+pub(crate) async fn replay_many(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -836,14 +910,25 @@ struct Discard {
     reason: String,
 }
 
-async fn discard(
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/discard", tag = "dead letters",
+    params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "`{\"reason\"}`, 1–500 characters"),
+    responses(
+        (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),
+        (status = 400, description = "An unreadable body or an invalid reason"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
+        (status = 404, description = "Unknown, or out of the key's scope"),
+        (status = 409, description = "It was replayed"),
+    ))]
+pub(crate) async fn discard(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "discarding dead letters")?;
     let id = Uuid::parse_str(&path).map_err(|_| not_found(&path))?;
+    require_admin_for(&state, &principal, id, "discarding dead letters").await?;
     let discard: Discard = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("expected {{\"reason\"}}: {e}")))?;
     let reason = discard.reason.trim();

@@ -2,7 +2,9 @@
 //!
 //! Every path under `/v1` requires an API key (`Authorization: Bearer mtk_…`), enforced by one
 //! middleware on the whole scope, so a new endpoint cannot be public by accident. The only
-//! public paths are listed in [`PUBLIC_PATHS`] (and in README.md, "HTTP API").
+//! public paths are listed in [`PUBLIC_PATHS`] (and in README.md, "HTTP API"): the health
+//! endpoints and the OpenAPI document (`crate::openapi`), registered outside the keyed scope.
+//! Every handler carries a `#[utoipa::path]` annotation listing its parameters and answers.
 //!
 //! Errors are `application/problem+json` (RFC 9457). Internal causes are logged once here and
 //! never sent to the client. Another tenant's email answers 404, exactly like an unknown one.
@@ -30,8 +32,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The paths that answer without an API key. Everything else needs one.
-pub const PUBLIC_PATHS: &[&str] = mailtrail_runtime::HEALTH_PATHS;
+/// The paths that answer without an API key: the health endpoints
+/// (`mailtrail_runtime::HEALTH_PATHS`) and the OpenAPI document. Everything else needs one; the
+/// document marks exactly these `security: []`.
+pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", crate::openapi::OPENAPI_PATH];
 
 /// The publisher of the running broker session, filled by each session and emptied when it
 /// ends: the HTTP server outlives sessions.
@@ -96,12 +100,12 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        response.json(serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        }))
+        response.json(crate::openapi::Problem {
+            problem_type: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        })
     }
 }
 
@@ -110,6 +114,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        // Public, so registered before the keyed scope (which would match it first otherwise).
+        .route(
+            crate::openapi::OPENAPI_PATH,
+            web::get().to(crate::openapi::document),
+        )
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
@@ -159,11 +168,18 @@ async fn require_api_key(
     next.call(request).await
 }
 
-async fn healthz() -> HttpResponse {
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is alive", body = serde_json::Value)))]
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "The database and the broker are reachable", body = serde_json::Value),
+        (status = 503, description = "Not ready: `database` and `broker` say which is unavailable", body = serde_json::Value, content_type = "application/json"),
+    ))]
+pub(crate) async fn readyz(state: web::Data<ApiState>) -> HttpResponse {
     let database = with_deadline(Duration::from_secs(2), "readiness", async {
         let mut conn = state.pool.get().await?;
         diesel::sql_query("SELECT 1").execute(&mut conn).await?;
@@ -268,7 +284,13 @@ type MessageRow = (
     serde_json::Value,
 );
 
-async fn message_history(
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The email id")),
+    responses(
+        (status = 200, description = "The email's summary and its events in timeline order", body = serde_json::Value),
+        (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
+    ))]
+pub(crate) async fn message_history(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
@@ -407,14 +429,40 @@ async fn message_history(
 /// `DELETE /v1/messages/{id}`: withdraws an email whose job has not left yet (a scheduled one,
 /// typically). Cancelling twice answers 200 with `changed: false`; an email already on its way
 /// answers 409 with its status.
-async fn cancel_message(
+#[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages",
+    params(("id" = uuid::Uuid, Path, description = "The email id")),
+    responses(
+        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = serde_json::Value),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
+        (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
+        (status = 409, description = "Its job was already handed to the dispatcher (the problem names its status)"),
+    ))]
+pub(crate) async fn cancel_message(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "cancelling an email")?;
     let not_found = || ApiError::NotFound(format!("no email with id {:?}", path.as_str()));
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
+    // A read key changes nothing, but another tenant's email answers 404 like an unknown one
+    // (never 403 for another tenant's data): only an email in its sight gets the 403.
+    if principal.role != Role::Admin {
+        let tenant = with_deadline(state.db_timeout, "look up an email", async {
+            let mut conn = state.pool.get().await?;
+            Ok(emails::table
+                .find(id)
+                .select(emails::tenant)
+                .first::<String>(&mut conn)
+                .await
+                .optional()?)
+        })
+        .await
+        .map_err(ApiError::Unavailable)?;
+        if !tenant.is_some_and(|tenant| principal.may_see(&tenant)) {
+            return Err(not_found());
+        }
+        require_admin(&principal, "cancelling an email")?;
+    }
     let outcome = with_deadline(state.db_timeout, "cancel an email", async {
         let mut conn = state.pool.get().await?;
         crate::scheduling::cancel(&mut conn, &principal, id, Utc::now()).await
@@ -444,7 +492,7 @@ async fn cancel_message(
 }
 
 #[derive(Debug, Deserialize)]
-struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<i64>,
     /// An entry id: the page holds older entries.
     before: Option<i64>,
@@ -452,7 +500,17 @@ struct AuditQuery {
 
 /// `GET /v1/audit?limit=&before=` (admin key): who changed what, newest first; a tenant key sees
 /// its tenant's entries only. `next` is the `before` of the following page.
-async fn list_audit(
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("before" = Option<i64>, Query, description = "An entry id: the page holds older entries (the `next` of the previous page)"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = serde_json::Value),
+        (status = 400, description = "An invalid `limit` or `before`"),
+        (status = 403, description = "A read key: the audit log needs an admin key"),
+    ))]
+pub(crate) async fn list_audit(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<AuditQuery>,
@@ -540,7 +598,17 @@ fn canonical(address: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-async fn list_suppressions(
+#[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions",
+    params(
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's answers an empty page)"),
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}` in (tenant, address) order", body = serde_json::Value),
+        (status = 400, description = "An invalid `limit` or `after`"),
+    ))]
+pub(crate) async fn list_suppressions(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
@@ -591,7 +659,16 @@ async fn list_suppressions(
     }))
 }
 
-async fn get_suppression(
+#[utoipa::path(get, path = "/v1/suppressions/{tenant}/{address}", tag = "suppressions",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("address" = String, Path, description = "The address, in any form (canonicalised)"),
+    ),
+    responses(
+        (status = 200, description = "The entry", body = serde_json::Value),
+        (status = 404, description = "Not suppressed, or another tenant's"),
+    ))]
+pub(crate) async fn get_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<(String, String)>,
@@ -626,12 +703,20 @@ struct NewSuppression {
 
 const MAX_REASON_CHARS: usize = 200;
 
-async fn add_suppression(
+#[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions",
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "`{\"tenant\", \"address\", \"reason\"?, \"expires_at\"?}`"),
+    responses(
+        (status = 201, description = "Added (or replaced)", body = serde_json::Value),
+        (status = 400, description = "An unreadable body, an empty tenant, an invalid address or reason"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
+        (status = 404, description = "Another tenant's (as if it did not exist)"),
+    ))]
+pub(crate) async fn add_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    require_admin(&principal, "changing suppressions")?;
     let new: NewSuppression = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "expected {{\"tenant\", \"address\", \"reason\"}}: {e}"
@@ -648,6 +733,7 @@ async fn add_suppression(
             new.tenant
         )));
     }
+    require_admin(&principal, "changing suppressions")?;
     let address = canonical(&new.address)
         .map_err(|e| ApiError::BadRequest(format!("address is not valid: {e}")))?;
     let reason = new.reason.as_deref().map(str::trim).unwrap_or("manual");
@@ -681,7 +767,17 @@ async fn add_suppression(
     Ok(HttpResponse::Created().json(SuppressionView::from(entry)))
 }
 
-async fn remove_suppression(
+#[utoipa::path(delete, path = "/v1/suppressions/{tenant}/{address}", tag = "suppressions",
+    params(
+        ("tenant" = String, Path, description = "The tenant"),
+        ("address" = String, Path, description = "The address, in any form (canonicalised)"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
+        (status = 404, description = "Not suppressed, or another tenant's"),
+    ))]
+pub(crate) async fn remove_suppression(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     path: web::Path<(String, String)>,

@@ -16,6 +16,7 @@
 //!   `dead_letters`; [`dead_letter_api`]: lists, shows, replays and discards them.
 //! * [`search_api`]: message search (`GET /v1/messages`) and its NDJSON/CSV export.
 //! * [`stats_api`]: event counts per hour or day and dispatch-cohort rates (`GET /v1/stats`).
+//! * [`openapi`]: the OpenAPI 3 document of that API, generated from the handlers (`GET /v1/openapi.json`, public).
 //! * [`tenant_policy`]: which broker user may write for which tenant, and from which domains.
 //! * [`retention`]: purges old requests, bodies and dead letters in small batches.
 //! * [`app`]: the supervised session that runs both and reconnects after failures.
@@ -33,6 +34,7 @@ pub mod history;
 pub mod http;
 pub mod intake;
 pub mod keys;
+pub mod openapi;
 pub mod pending;
 pub mod relay;
 pub mod retention;

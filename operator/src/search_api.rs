@@ -447,7 +447,24 @@ struct Page {
     next: Option<String>,
 }
 
-async fn search(
+#[utoipa::path(get, path = "/v1/messages", tag = "messages",
+    params(
+        ("recipient" = Option<String>, Query, description = "Any form of the address (matched canonically)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("status" = Option<String>, Query, description = "One of the statuses (`docs/history.md`)"),
+        ("tag" = Option<Vec<String>>, Query, description = "Repeatable; all must be present"),
+        ("metadata.{key}" = Option<String>, Query, description = "`metadata.<key>=<value>`, repeatable; all must match"),
+        ("request_id" = Option<String>, Query, description = "The app's request key"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `created_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "`{items, next}`, newest first by (`created_at`, `id`)", body = serde_json::Value),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+    ))]
+pub(crate) async fn search(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<Vec<(String, String)>>,
@@ -509,7 +526,24 @@ enum Progress {
     Done,
 }
 
-async fn export(
+#[utoipa::path(get, path = "/v1/messages/export", tag = "messages",
+    params(
+        ("format" = String, Query, description = "`ndjson` or `csv`"),
+        ("recipient" = Option<String>, Query, description = "Any form of the address (matched canonically)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
+        ("status" = Option<String>, Query, description = "One of the statuses (`docs/history.md`)"),
+        ("tag" = Option<Vec<String>>, Query, description = "Repeatable; all must be present"),
+        ("metadata.{key}" = Option<String>, Query, description = "`metadata.<key>=<value>`, repeatable; all must match"),
+        ("request_id" = Option<String>, Query, description = "The app's request key"),
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `created_at`"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+    ),
+    responses(
+        (status = 200, description = "Every match, newest first, as an attachment", content(
+            ("application/x-ndjson"), ("text/csv"))),
+        (status = 400, description = "An unknown parameter or an invalid value"),
+    ))]
+pub(crate) async fn export(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<Vec<(String, String)>>,

@@ -385,7 +385,20 @@ fn start_in_zone(local: NaiveDateTime, start: DateTime<Utc>) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-async fn stats(
+#[utoipa::path(get, path = "/v1/stats", tag = "stats",
+    params(
+        ("since" = Option<String>, Query, description = "RFC 3339, inclusive (default: 7 days before `until`)"),
+        ("until" = Option<String>, Query, description = "RFC 3339, exclusive (default: now)"),
+        ("tenant" = Option<String>, Query, description = "Only this tenant"),
+        ("bucket" = Option<String>, Query, description = "`hour` or `day` (default)"),
+        ("tz" = Option<String>, Query, description = "An IANA time zone, default `UTC`"),
+    ),
+    responses(
+        (status = 200, description = "Event counts per bucket and dispatch cohorts with rates", body = serde_json::Value),
+        (status = 400, description = "An unknown `bucket` or `tz`, an unreadable time or too long a period"),
+        (status = 404, description = "Another tenant than a scoped key's"),
+    ))]
+pub(crate) async fn stats(
     state: web::Data<ApiState>,
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,

@@ -13,6 +13,7 @@ mod flight;
 mod helpers;
 mod hostile;
 mod intake;
+mod openapi;
 mod reconnect;
 mod retention;
 mod scheduling;

@@ -1,0 +1,204 @@
+//! The OpenAPI 3 document of the operator's HTTP API, served (public) at [`OPENAPI_PATH`].
+//!
+//! It is generated from the handlers' `#[utoipa::path]` annotations. Two rules are applied here,
+//! once, rather than on each operation: every operation needs the `api_key` bearer scheme except
+//! the paths in [`PUBLIC_PATHS`] (marked `security: []`), and every error answer (4xx, 5xx) is
+//! an `application/problem+json` [`Problem`]. Keyed operations also list the middleware's own
+//! answers: 401 (no, unknown or revoked key) and 503 (the database cannot check the key).
+//!
+//! The integration test `openapi` drives every operation of the document, so an undocumented
+//! route or a wrong `security` fails it.
+
+use crate::http::PUBLIC_PATHS;
+use actix_web::HttpResponse;
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
+
+/// An error answer (RFC 9457): the body of every `application/problem+json` response
+/// (`ApiError`'s rendering).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`.
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub problem_type: String,
+    /// The status's reason phrase.
+    #[schema(example = "Not Found")]
+    pub title: String,
+    #[schema(example = 404)]
+    pub status: u16,
+    /// What went wrong, for a person.
+    pub detail: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mailtrail operator",
+        description = "Email histories, search and export, suppressions, dead letters, stats \
+                       and audit. Every error is `application/problem+json`."
+    ),
+    paths(
+        crate::http::healthz,
+        crate::http::readyz,
+        document,
+        crate::search_api::search,
+        crate::search_api::export,
+        crate::http::message_history,
+        crate::http::cancel_message,
+        crate::http::list_audit,
+        crate::http::list_suppressions,
+        crate::http::add_suppression,
+        crate::http::get_suppression,
+        crate::http::remove_suppression,
+        crate::dead_letter_api::list,
+        crate::dead_letter_api::show,
+        crate::dead_letter_api::replay_one,
+        crate::dead_letter_api::replay_many,
+        crate::dead_letter_api::discard,
+        crate::stats_api::stats,
+    ),
+    components(schemas(Problem)),
+    modifiers(&Rules)
+)]
+pub struct ApiDoc;
+
+/// The document-wide rules: security and problem answers.
+struct Rules;
+
+impl Modify for Rules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("mtk_<id>_<secret>")
+                    .description(Some("An API key (`operator keys create`)."))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+        let problem = || Content::new(Some(RefOr::Ref(Ref::from_schema_name("Problem"))));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = PUBLIC_PATHS.contains(&path.as_str());
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                if public {
+                    operation.security = Some(Vec::new());
+                } else {
+                    for (status, description) in [
+                        ("401", "No key, an unknown key or a revoked key."),
+                        ("503", "The database (or the broker) is unavailable."),
+                    ] {
+                        responses.entry(status.to_owned()).or_insert_with(|| {
+                            RefOr::T(ResponseBuilder::new().description(description).build())
+                        });
+                    }
+                }
+                for (status, response) in responses.iter_mut() {
+                    let error = status.starts_with('4') || status.starts_with('5');
+                    if let (true, RefOr::T(response)) = (error, response) {
+                        // readyz's 503 is its own JSON, not a problem.
+                        if response.content.is_empty() {
+                            response
+                                .content
+                                .insert("application/problem+json".to_owned(), problem());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v1/openapi.json`: this document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3 document of this API.", body = Object))
+)]
+pub(crate) async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The source files that register routes (`routes` and the modules it configures).
+    const ROUTE_SOURCES: &[&str] = &[
+        include_str!("http.rs"),
+        include_str!("dead_letter_api.rs"),
+        include_str!("search_api.rs"),
+        include_str!("stats_api.rs"),
+    ];
+
+    fn documented(method: &str) -> usize {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("a document");
+        document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .filter(|item| item.get(method).is_some())
+            .count()
+    }
+
+    /// A route registered without a documented operation (or the reverse) changes a count.
+    #[test]
+    fn every_registered_route_is_documented() {
+        for method in ["get", "post", "put", "patch", "delete", "head"] {
+            let registered: usize = ROUTE_SOURCES
+                .iter()
+                .map(|source| source.matches(&format!("web::{method}()")).count())
+                .sum();
+            assert_eq!(
+                registered,
+                documented(method),
+                "{method} routes vs documented"
+            );
+        }
+        for source in ROUTE_SOURCES {
+            assert!(
+                !source.contains("web::resource("),
+                "count resources here too"
+            );
+        }
+    }
+
+    #[test]
+    fn exactly_the_public_paths_need_no_key() {
+        for path in mailtrail_runtime::HEALTH_PATHS {
+            assert!(PUBLIC_PATHS.contains(path), "{path}");
+        }
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("a document");
+        assert_eq!(document["security"], serde_json::json!([{"api_key": []}]));
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("an item") {
+                let public = operation["security"] == serde_json::json!([]);
+                assert_eq!(
+                    public,
+                    PUBLIC_PATHS.contains(&path.as_str()),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}
