@@ -18,7 +18,6 @@
 //! after), so `status_outbox` stays empty.
 
 use anyhow::Context;
-use rand::Rng;
 use rand::seq::IndexedRandom;
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
@@ -82,9 +81,12 @@ async fn main() -> anyhow::Result<()> {
     let admin = connect(&format!("{server}/postgres")).await?;
     admin
         .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE); CREATE DATABASE {db}",
-            db = a.database
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            a.database
         ))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {}", a.database))
         .await?;
     let url = format!("{server}/{}", a.database);
     mailtrail_operator::db::migrate(&url).await?;
@@ -289,10 +291,12 @@ async fn load(client: &Client, emails: i64) -> anyhow::Result<()> {
     }
     client
         .batch_execute(
-            "ALTER TABLE events ENABLE TRIGGER events_status_outbox; \
-             VACUUM ANALYZE requests; VACUUM ANALYZE emails; VACUUM ANALYZE events",
+            "ALTER TABLE events ENABLE TRIGGER events_status_outbox",
         )
         .await?;
+    for table in ["requests", "emails", "events"] {
+        client.batch_execute(&format!("VACUUM ANALYZE {table}")).await?;
+    }
     Ok(())
 }
 
