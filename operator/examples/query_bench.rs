@@ -290,12 +290,12 @@ async fn load(client: &Client, emails: i64) -> anyhow::Result<()> {
             .await?;
     }
     client
-        .batch_execute(
-            "ALTER TABLE events ENABLE TRIGGER events_status_outbox",
-        )
+        .batch_execute("ALTER TABLE events ENABLE TRIGGER events_status_outbox")
         .await?;
     for table in ["requests", "emails", "events"] {
-        client.batch_execute(&format!("VACUUM ANALYZE {table}")).await?;
+        client
+            .batch_execute(&format!("VACUUM ANALYZE {table}"))
+            .await?;
     }
     Ok(())
 }
@@ -343,7 +343,12 @@ impl Kind {
 
     /// Runs the statements as the handler does: the timeline and stats in one read-only
     /// repeatable-read transaction, a search page as one statement.
-    async fn run(self, client: &Client, sql: &[String], params: &[Vec<String>]) -> anyhow::Result<()> {
+    async fn run(
+        self,
+        client: &Client,
+        sql: &[String],
+        params: &[Vec<String>],
+    ) -> anyhow::Result<()> {
         let in_tx = matches!(self, Kind::Timeline) || self.is_stats();
         if in_tx {
             client
@@ -419,7 +424,10 @@ impl Samples {
             self.requests.choose(&mut rng).cloned().unwrap_or_default();
         let search = |filters: &str| format!("{SEARCH_COLUMNS} WHERE {filters}{SEARCH_ORDER}");
         match kind {
-            Kind::Timeline => (timeline_sql(), vec![vec![id.clone()], vec![id.clone()], vec![id]]),
+            Kind::Timeline => (
+                timeline_sql(),
+                vec![vec![id.clone()], vec![id.clone()], vec![id]],
+            ),
             Kind::Recipient => (
                 vec![search(
                     r#"(("emails"."tenant" = $1) AND ("requests"."tenant" = $2)) AND ("emails"."recipient_canonical" = $3)"#,
