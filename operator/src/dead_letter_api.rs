@@ -18,7 +18,7 @@ use crate::db::with_deadline;
 use crate::dead_letter_consumer::replay_target;
 use crate::dead_letters::{HEADERS_FORMAT, headers_from_json};
 use crate::history::{NewEvent, record_events};
-use crate::http::{ApiError, ApiState, require_admin};
+use crate::http::{ApiError, ApiState, page_limit, require_admin};
 use crate::intake::SERVICE;
 use crate::keys::{Principal, Role};
 use crate::schema::dead_letters;
@@ -41,8 +41,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
 /// Most dead letters one bulk replay republishes.
 pub const MAX_BULK_REPLAY: i64 = 1000;
 /// Dead letters republished per transaction (and per batch of confirms) in a bulk replay.
@@ -322,15 +320,7 @@ pub(crate) async fn list(
     principal: web::ReqData<Principal>,
     query: web::Query<BTreeMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text.parse::<i64>().unwrap_or(0),
-    };
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.get("limit").map(String::as_str))?;
     let after = match query.get("after").map(String::as_str) {
         None | Some("") => None,
         Some(cursor) => Some(

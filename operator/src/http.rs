@@ -538,8 +538,20 @@ pub(crate) async fn list_audit(
 // removing need an admin key. A tenant-scoped key sees and changes only its tenant: another
 // tenant's entries answer 404, like unknown ones.
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
+/// Entries per page of every listing API, unless `limit` says otherwise (1 to [`MAX_PAGE`]).
+pub(crate) const DEFAULT_PAGE: i64 = 50;
+pub(crate) const MAX_PAGE: i64 = 500;
+
+/// A listing's `limit` parameter: [`DEFAULT_PAGE`] when absent, else 1 to [`MAX_PAGE`].
+pub(crate) fn page_limit(text: Option<&str>) -> Result<i64, ApiError> {
+    let limit = text.map_or(Ok(DEFAULT_PAGE), |t| t.trim().parse::<i64>());
+    match limit {
+        Ok(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
+    }
+}
 
 /// One page of entries, and the cursor of the next (absent on the last page).
 #[derive(Debug, Serialize)]
@@ -614,15 +626,7 @@ pub(crate) async fn list_suppressions(
     query: web::Query<BTreeMap<String, String>>,
 ) -> Result<HttpResponse, ApiError> {
     // `tenant`, `limit` and `after` (the `next` cursor of the previous page).
-    let limit = match query.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text.parse::<i64>().unwrap_or(0),
-    };
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.get("limit").map(String::as_str))?;
     let after = match query.get("after").map(String::as_str) {
         None | Some("") => None,
         Some(cursor) => Some(

@@ -18,7 +18,7 @@
 //! the search to everything.
 
 use crate::db::with_deadline;
-use crate::http::{ApiError, ApiState};
+use crate::http::{ApiError, ApiState, page_limit};
 use crate::keys::Principal;
 use crate::schema::{emails, requests};
 use actix_web::{HttpResponse, web};
@@ -36,8 +36,6 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
 /// Rows an export fetches per query.
 pub const EXPORT_PAGE: i64 = 500;
 const METADATA_PREFIX: &str = "metadata.";
@@ -476,13 +474,7 @@ pub(crate) async fn search(
             .and_then(|v| v.iter().next())
             .map(String::as_str)
     };
-    let limit = match first("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text.trim().parse::<i64>().unwrap_or(0),
-    };
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(bad(format!("limit must be between 1 and {MAX_PAGE}")));
-    }
+    let limit = page_limit(first("limit"))?;
     let after = match first("after").map(str::trim) {
         None | Some("") => None,
         Some(cursor) => {
