@@ -77,12 +77,21 @@ impl Operator {
             publisher: self.api_publisher.clone(),
             topology: self.config.topology(),
             broker_user: self.config.broker_user(),
+            sessions: self.config.session_settings(),
         };
         let listener = self.listener.try_clone()?;
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(actix_web::web::Data::new(state.clone()))
                 .app_data(actix_web::web::PathConfig::default())
+                // Every answer: never sniffed into another type, never framed, no referrer.
+                // The page's own answers carry their stricter policy (`crate::page`).
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Referrer-Policy", "no-referrer")),
+                )
                 .configure(http::routes)
         })
         .workers(2)

@@ -101,6 +101,21 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// How long a history-page session lasts after sign-in, in seconds.
+    #[arg(long, env = "MAILTRAIL_SESSION_TTL_SECS", default_value_t = 8 * 3600)]
+    pub session_ttl_secs: u64,
+
+    /// When the session cookie is marked `Secure`: `auto` (when the request came over https,
+    /// directly or as `X-Forwarded-Proto` says) or `always` (set it when a proxy terminates TLS
+    /// without saying so).
+    #[arg(
+        long,
+        env = "MAILTRAIL_SESSION_COOKIE_SECURE",
+        value_enum,
+        default_value = "auto"
+    )]
+    pub session_cookie_secure: crate::sessions::SecureCookie,
+
     /// Mailbox messages the broker may hand the intake before it acks (AMQP prefetch).
     #[arg(long, env = "MAILTRAIL_INTAKE_PREFETCH", default_value_t = 200)]
     pub intake_prefetch: u16,
@@ -257,6 +272,13 @@ impl OperatorConfig {
         FairShare {
             per_tenant: self.fair_share_per_tenant,
             slot_timeout: Duration::from_secs(self.fair_slot_timeout_secs),
+        }
+    }
+
+    pub fn session_settings(&self) -> crate::sessions::SessionSettings {
+        crate::sessions::SessionSettings {
+            ttl: Duration::from_secs(self.session_ttl_secs.max(60)),
+            secure: self.session_cookie_secure,
         }
     }
 

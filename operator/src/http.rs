@@ -35,7 +35,12 @@ use uuid::Uuid;
 /// The paths that answer without an API key: the health endpoints
 /// (`mailtrail_runtime::HEALTH_PATHS`) and the OpenAPI document. Everything else needs one; the
 /// document marks exactly these `security: []`.
-pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/readyz", crate::openapi::OPENAPI_PATH];
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    crate::openapi::OPENAPI_PATH,
+    crate::sessions::SIGN_IN_PATH,
+];
 
 /// The publisher of the running broker session, filled by each session and emptied when it
 /// ends: the HTTP server outlives sessions.
@@ -55,12 +60,17 @@ pub struct ApiState {
     /// The operator's broker user: a replayed mailbox request is published as this user, with
     /// its original publisher in a header the intake believes only from this user.
     pub broker_user: String,
+    /// How the history page's sessions are made (`crate::sessions`).
+    pub sessions: crate::sessions::SessionSettings,
 }
 
 /// An API error, rendered as problem+json.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    #[error(
+        "a valid API key is required: send `Authorization: Bearer <key>`, or sign in on the \
+         history page (POST /v1/sign-in)"
+    )]
     Unauthorized,
     #[error("{0}")]
     NotFound(String),
@@ -119,6 +129,11 @@ pub fn routes(config: &mut web::ServiceConfig) {
             crate::openapi::OPENAPI_PATH,
             web::get().to(crate::openapi::document),
         )
+        .route(
+            crate::sessions::SIGN_IN_PATH,
+            web::post().to(crate::sessions::sign_in),
+        )
+        .configure(crate::page::routes)
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
@@ -127,6 +142,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .configure(crate::stats_api::routes)
                 .route("/messages/{id}", web::get().to(message_history))
                 .route("/messages/{id}", web::delete().to(cancel_message))
+                .route("/session", web::get().to(crate::sessions::current))
+                .route("/sign-out", web::post().to(crate::sessions::sign_out))
                 .route("/audit", web::get().to(list_audit))
                 .route("/suppressions", web::get().to(list_suppressions))
                 .route("/suppressions", web::post().to(add_suppression))
@@ -141,7 +158,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         );
 }
 
-/// The middleware every `/v1` request passes: a valid, unrevoked key or 401.
+/// The middleware every `/v1` request passes: a valid, unrevoked key, or (without an
+/// `Authorization` header) the history page's session cookie, or 401.
 async fn require_api_key(
     request: ServiceRequest,
     next: Next<BoxBody>,
@@ -150,20 +168,26 @@ async fn require_api_key(
         .app_data::<web::Data<ApiState>>()
         .cloned()
         .ok_or_else(|| ApiError::Unavailable(anyhow::anyhow!("API state missing")))?;
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_owned())
-        .ok_or(ApiError::Unauthorized)?;
-    let principal = with_deadline(state.db_timeout, "authenticate", async {
-        let mut conn = state.pool.get().await?;
-        keys::authenticate(&mut conn, &presented).await
-    })
-    .await
-    .map_err(ApiError::Unavailable)?
-    .ok_or(ApiError::Unauthorized)?;
+    let principal = match request.headers().get("authorization") {
+        Some(header) => {
+            let presented = header
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(|v| v.trim().to_owned())
+                .ok_or(ApiError::Unauthorized)?;
+            with_deadline(state.db_timeout, "authenticate", async {
+                let mut conn = state.pool.get().await?;
+                keys::authenticate(&mut conn, &presented).await
+            })
+            .await
+            .map_err(ApiError::Unavailable)?
+            .ok_or(ApiError::Unauthorized)?
+        }
+        None => crate::sessions::authenticate(&state, &request)
+            .await?
+            .ok_or(ApiError::Unauthorized)?,
+    };
     request.extensions_mut().insert(principal);
     next.call(request).await
 }

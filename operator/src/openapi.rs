@@ -4,7 +4,9 @@
 //! once, rather than on each operation: every operation needs the `api_key` bearer scheme except
 //! the paths in [`PUBLIC_PATHS`] (marked `security: []`), and every error answer (4xx, 5xx) is
 //! an `application/problem+json` [`Problem`]. Keyed operations also list the middleware's own
-//! answers: 401 (no, unknown or revoked key) and 503 (the database cannot check the key).
+//! answers: 401 (no, unknown or revoked key) and 503 (the database cannot check the key); keyed
+//! changes also 403 (a session's change without its CSRF token). The history page's session
+//! cookie (`crate::sessions`) is the alternative scheme `session`.
 //!
 //! The integration test `openapi` drives every operation of the document, so an undocumented
 //! route or a wrong `security` fails it.
@@ -62,6 +64,9 @@ pub struct Problem {
         crate::dead_letter_api::replay_many,
         crate::dead_letter_api::discard,
         crate::stats_api::stats,
+        crate::sessions::sign_in,
+        crate::sessions::current,
+        crate::sessions::sign_out,
     ),
     components(schemas(Problem)),
     modifiers(&Rules)
@@ -84,21 +89,32 @@ impl Modify for Rules {
                     .build(),
             ),
         );
-        openapi.security = Some(vec![SecurityRequirement::new(
-            "api_key",
-            Vec::<String>::new(),
-        )]);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    crate::sessions::COOKIE_NAME,
+                    "The history page's session (POST /v1/sign-in). Changes also need the \
+                     session's CSRF token in `X-CSRF-Token`.",
+                ),
+            )),
+        );
+        openapi.security = Some(vec![
+            SecurityRequirement::new("api_key", Vec::<String>::new()),
+            SecurityRequirement::new("session", Vec::<String>::new()),
+        ]);
         let problem = || Content::new(Some(RefOr::Ref(Ref::from_schema_name("Problem"))));
         for (path, item) in openapi.paths.paths.iter_mut() {
             let public = PUBLIC_PATHS.contains(&path.as_str());
             let operations = [
-                &mut item.get,
-                &mut item.post,
-                &mut item.put,
-                &mut item.patch,
-                &mut item.delete,
+                (false, &mut item.get),
+                (true, &mut item.post),
+                (true, &mut item.put),
+                (true, &mut item.patch),
+                (true, &mut item.delete),
             ];
-            for operation in operations.into_iter().flatten() {
+            for (changes, operation) in operations {
+                let Some(operation) = operation else { continue };
                 let responses = &mut operation.responses.responses;
                 if public {
                     operation.security = Some(Vec::new());
@@ -109,6 +125,17 @@ impl Modify for Rules {
                     ] {
                         responses.entry(status.to_owned()).or_insert_with(|| {
                             RefOr::T(ResponseBuilder::new().description(description).build())
+                        });
+                    }
+                    if changes {
+                        responses.entry("403".to_owned()).or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(
+                                        "Made with the session cookie but without its CSRF token.",
+                                    )
+                                    .build(),
+                            )
                         });
                     }
                 }
@@ -189,7 +216,10 @@ mod tests {
             assert!(PUBLIC_PATHS.contains(path), "{path}");
         }
         let document = serde_json::to_value(ApiDoc::openapi()).expect("a document");
-        assert_eq!(document["security"], serde_json::json!([{"api_key": []}]));
+        assert_eq!(
+            document["security"],
+            serde_json::json!([{"api_key": []}, {"session": []}])
+        );
         for (path, item) in document["paths"].as_object().expect("paths") {
             for (method, operation) in item.as_object().expect("an item") {
                 let public = operation["security"] == serde_json::json!([]);

@@ -104,7 +104,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Bytea,
+        key_id -> Uuid,
+        csrf_token -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(emails -> requests (request_id));
+diesel::joinable!(sessions -> api_keys (key_id));
 diesel::joinable!(events -> emails (email_id));
 diesel::joinable!(outbox -> emails (email_id));
 
@@ -114,7 +125,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     outbox,
     dead_letters,
-    api_keys
+    api_keys,
+    sessions
 );
 
 diesel::table! {

@@ -33,7 +33,7 @@ mod wait;
 
 pub use broker::{TestBroker, amqp_url, publish_confirmed, take_all};
 pub use db::{MIGRATIONS, TestDb, database_server_url, template_name, url_with_database};
-pub use http::{free_port, http_delete, http_get, http_post, try_http_get};
+pub use http::{HttpAnswer, free_port, http_call, http_delete, http_get, http_post, try_http_get};
 pub use lifecycle::check_broker_only_service;
 pub use process::{ServiceProcess, target_bin, test_log_dir, workspace_dir};
 pub use proxy::TcpProxy;

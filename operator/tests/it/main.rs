@@ -18,6 +18,7 @@ mod reconnect;
 mod retention;
 mod scheduling;
 mod search;
+mod session;
 mod several_operators;
 mod shutdown;
 mod stats;

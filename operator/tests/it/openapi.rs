@@ -9,7 +9,7 @@ use crate::helpers::{World, incoming};
 use mailtrail_operator::keys::{self, Role};
 use mailtrail_shared::ids;
 use mailtrail_shared::topology::Queue;
-use mailtrail_test_support::http_get;
+use mailtrail_test_support::{http_call, http_get};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -35,6 +35,9 @@ const SERVED: &[(&str, &str)] = &[
     ("post", "/v1/dead-letters/{id}/replay"),
     ("post", "/v1/dead-letters/{id}/discard"),
     ("get", "/v1/stats"),
+    ("post", "/v1/sign-in"),
+    ("get", "/v1/session"),
+    ("post", "/v1/sign-out"),
 ];
 
 /// (status, content type, raw body) of one request; `bearer` `None` sends no `Authorization`.
@@ -196,7 +199,7 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
         .collect();
     assert_eq!(
         public,
-        BTreeSet::from(["/healthz", "/readyz", "/v1/openapi.json"]),
+        BTreeSet::from(["/healthz", "/readyz", "/v1/openapi.json", "/v1/sign-in"]),
         "public operations"
     );
     for (path, item) in document["paths"].as_object().expect("paths") {
@@ -277,6 +280,23 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
     let (status, _, _) = http_get(port, &format!("/v1/messages/{globex_email}"), Some(&ops)).await;
     assert_eq!(status, 200, "the globex email exists");
 
+    // The history page's session for the all-tenant admin: accepted in place of a key, but a
+    // change without its CSRF token is refused.
+    let signed_in = http_call(
+        port,
+        "POST",
+        "/v1/sign-in",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({ "key": ops }).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(signed_in.status, 200, "{signed_in:?}");
+    let cookie = signed_in
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+
     let address = "ann@example.com";
     for operation in &operations {
         let url = operation.url(Uuid::new_v4(), "acme", address);
@@ -299,7 +319,34 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
             call(port, &operation.method, &url, Some(garbage), &body).await;
         assert_eq!(status, 401, "{what} with a made-up key");
         assert_eq!(content_type, "application/problem+json", "{what}");
+        let with_session = http_call(
+            port,
+            &operation.method.to_uppercase(),
+            &url,
+            &[("Cookie", &cookie), ("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
         if operation.mutates() {
+            assert_eq!(
+                with_session.status, 403,
+                "{what} with the session but no CSRF token"
+            );
+            assert_eq!(
+                with_session.header("content-type"),
+                Some("application/problem+json")
+            );
+        } else {
+            assert!(
+                with_session.status != 401
+                    && operation
+                        .statuses
+                        .contains(&with_session.status.to_string()),
+                "{what} with a session: {with_session:?}"
+            );
+        }
+        // Signing out changes only the caller's own session: any key may.
+        if operation.mutates() && operation.path != "/v1/sign-out" {
             // On its own tenant's data: 403. On another tenant's: 404, never 403.
             for tenant in ["acme", "globex"] {
                 let id = if operation.path.starts_with("/v1/messages/") {
