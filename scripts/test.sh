@@ -64,6 +64,9 @@ step "publish examples' dependencies"
 bash scripts/ensure-example-deps.sh
 export MAILTRAIL_EXAMPLES_PYTHON="$PWD/target/examples-venv/bin/python"
 
+step "browser test's dependencies (Chromium, playwright-core)"
+bash scripts/ensure-browser-deps.sh
+
 # A clean build needs a few GiB of disk; say so plainly instead of failing deep in rustc.
 free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
 if [[ -n $free_kib && $free_kib -lt 4194304 ]]; then

@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod browser;
 mod crash;
 mod dead_letters;
 mod dead_letters_live;
