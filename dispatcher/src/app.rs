@@ -103,6 +103,7 @@ impl DispatcherApp {
                     self.config.breaker_failures,
                     Duration::from_secs(self.config.breaker_probe_secs),
                 );
+                metrics::gauge!("mailtrail_provider_up", "provider" => p.name()).set(1.0);
                 (
                     p.name(),
                     ProviderState::new(breaker, rate, readiness.track(p.name())),

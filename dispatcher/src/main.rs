@@ -18,6 +18,7 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.process.log_format);
+    mailtrail_runtime::install_metrics();
     let stop = stop_on_signal();
     let app = DispatcherApp::build(cli.config).await?;
     run_with_drain_deadline(

@@ -100,7 +100,10 @@ impl Dispatcher {
                 None => anyhow::bail!("the first delivery of this job was abandoned"),
             },
             Begin::Fresh(slot) => {
+                let in_flight = metrics::gauge!("mailtrail_dispatch_in_flight");
+                in_flight.increment(1.0);
                 let outcome = self.attempt(&job).await;
+                in_flight.decrement(1.0);
                 // Remember before reporting: if reporting fails, the redelivery must not send
                 // again.
                 self.memory.complete(slot, outcome.clone());
@@ -108,6 +111,15 @@ impl Dispatcher {
             }
         };
         self.report(delivery, &job, &outcome).await?;
+        if !replayed {
+            // Counted once reported (confirmed), never again for a redelivery's replay.
+            metrics::counter!(
+                "mailtrail_dispatch_outcomes_total",
+                "provider" => outcome.provider,
+                "outcome" => outcome.event_type().as_str(),
+            )
+            .increment(1);
+        }
         Ok(if replayed {
             Handled::Replayed(outcome)
         } else {
@@ -185,7 +197,18 @@ impl Dispatcher {
         if let Some(rate) = state.and_then(|s| s.rate.as_ref()) {
             rate.take().await;
         }
+        let started = std::time::Instant::now();
         let result = provider.send(job).await;
+        metrics::histogram!("mailtrail_provider_send_seconds", "provider" => provider.name())
+            .record(started.elapsed().as_secs_f64());
+        if let Err(error) = &result {
+            metrics::counter!(
+                "mailtrail_provider_errors_total",
+                "provider" => provider.name(),
+                "class" => error.class(),
+            )
+            .increment(1);
+        }
         if let Some(state) = state {
             let change = state
                 .breaker
@@ -193,6 +216,8 @@ impl Dispatcher {
             match change {
                 Change::Opened => {
                     state.up.store(false, Ordering::Relaxed);
+                    metrics::gauge!("mailtrail_provider_up", "provider" => provider.name())
+                        .set(0.0);
                     let reason = result
                         .as_ref()
                         .err()
@@ -216,6 +241,8 @@ impl Dispatcher {
                 }
                 Change::Closed => {
                     state.up.store(true, Ordering::Relaxed);
+                    metrics::gauge!("mailtrail_provider_up", "provider" => provider.name())
+                        .set(1.0);
                     tracing::info!(provider = provider.name(), "the provider takes mail again");
                 }
                 Change::None => {}
@@ -342,6 +369,8 @@ impl Dispatcher {
         detail: &str,
     ) -> anyhow::Result<Handled> {
         tracing::warn!(queue = %delivery.queue_name, reason, detail, "dispatch job set aside");
+        metrics::counter!("mailtrail_dispatch_set_aside_total", "reason" => reason.to_owned())
+            .increment(1);
         let set_aside = SetAside::for_message(delivery, reason, detail, SERVICE);
         self.publisher
             .publish(set_aside.message_for(delivery, &self.topology))

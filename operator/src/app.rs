@@ -228,8 +228,17 @@ impl Operator {
                 session_stop.cancel();
                 r
             };
+            let gauges = crate::gauges::gauge_loop(
+                &connection,
+                self.pool.clone(),
+                topology.clone(),
+                Duration::from_secs(self.config.metrics_interval_secs.max(1)),
+                self.config.database_timeout(),
+                session_stop.clone(),
+            );
             // Whichever loop fails first ends the session (and with it the other loops).
             let result = tokio::try_join!(
+                gauges,
                 dead_letters,
                 async {
                     let r = tracking_loop.await;

@@ -101,6 +101,10 @@ pub struct OperatorConfig {
     #[arg(long, env = "MAILTRAIL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
 
+    /// How often queue depths and database backlogs are sampled for `/metrics`, in seconds.
+    #[arg(long, env = "MAILTRAIL_METRICS_INTERVAL_SECS", default_value_t = 15)]
+    pub metrics_interval_secs: u64,
+
     /// How long a history-page session lasts after sign-in, in seconds.
     #[arg(long, env = "MAILTRAIL_SESSION_TTL_SECS", default_value_t = 8 * 3600)]
     pub session_ttl_secs: u64,

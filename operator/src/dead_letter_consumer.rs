@@ -107,18 +107,24 @@ impl DeadLetterConsumer {
         })
         .await?;
         for (copy, outcome) in copies.iter().zip(&outcomes) {
-            match outcome {
-                DeadLetterOutcome::Recorded { id } => tracing::info!(
-                    %id, reason = copy.reason, source_queue = copy.source_queue,
-                    set_aside_by = copy.set_aside_by, "dead letter recorded"
-                ),
+            let counted = match outcome {
+                DeadLetterOutcome::Recorded { id } => {
+                    tracing::info!(
+                        %id, reason = copy.reason, source_queue = copy.source_queue,
+                        set_aside_by = copy.set_aside_by, "dead letter recorded"
+                    );
+                    "recorded"
+                }
                 DeadLetterOutcome::Repeated { id } => {
-                    tracing::info!(%id, reason = copy.reason, "dead letter seen again")
+                    tracing::info!(%id, reason = copy.reason, "dead letter seen again");
+                    "repeated"
                 }
                 DeadLetterOutcome::Own { id } | DeadLetterOutcome::Duplicate { id } => {
-                    tracing::debug!(%id, "dead letter already recorded")
+                    tracing::debug!(%id, "dead letter already recorded");
+                    "duplicate"
                 }
-            }
+            };
+            metrics::counter!("mailtrail_dead_letters_total", "outcome" => counted).increment(1);
         }
         Ok(outcomes)
     }

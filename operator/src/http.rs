@@ -38,6 +38,7 @@ use uuid::Uuid;
 pub const PUBLIC_PATHS: &[&str] = &[
     "/healthz",
     "/readyz",
+    mailtrail_runtime::METRICS_PATH,
     crate::openapi::OPENAPI_PATH,
     crate::sessions::SIGN_IN_PATH,
 ];
@@ -124,6 +125,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route(mailtrail_runtime::METRICS_PATH, web::get().to(metrics))
         // Public, so registered before the keyed scope (which would match it first otherwise).
         .route(
             crate::openapi::OPENAPI_PATH,
@@ -196,6 +198,12 @@ async fn require_api_key(
     responses((status = 200, description = "The process is alive", body = serde_json::Value)))]
 pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text exposition of this process's metrics (docs/metrics.md)", body = String, content_type = "text/plain")))]
+pub(crate) async fn metrics() -> HttpResponse {
+    mailtrail_runtime::metrics_endpoint().await
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health",

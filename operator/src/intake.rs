@@ -112,6 +112,7 @@ impl Intake {
     /// whole batch. On `Err`, nothing may be acked; redelivery is harmless.
     #[tracing::instrument(skip_all, fields(batch = batch.len()))]
     pub async fn handle(&self, batch: &[Incoming]) -> anyhow::Result<Vec<IntakeOutcome>> {
+        let started = std::time::Instant::now();
         let decoded: Vec<Result<MailboxRequest, Rejection>> = batch
             .iter()
             .map(|message| {
@@ -175,6 +176,8 @@ impl Intake {
         for (message, outcome) in batch.iter().zip(&outcomes) {
             log_outcome(message, outcome);
         }
+        metrics::histogram!("mailtrail_batch_seconds", "step" => "intake")
+            .record(started.elapsed().as_secs_f64());
         Ok(outcomes)
     }
 
@@ -468,23 +471,34 @@ fn is_data_error(error: &anyhow::Error) -> bool {
     })
 }
 
+/// Logs an outcome and counts it (`mailtrail_intake_requests_total{outcome}`, and
+/// `mailtrail_intake_emails_total` for the emails accepted requests create).
 fn log_outcome(message: &Incoming, outcome: &IntakeOutcome) {
-    match outcome {
+    let counted = match outcome {
         IntakeOutcome::Accepted {
             request_id,
             email_ids,
-        } => tracing::info!(%request_id, emails = email_ids.len(), "request accepted"),
-        IntakeOutcome::Duplicate { request_id } => {
-            tracing::info!(%request_id, "duplicate request: nothing new recorded")
+        } => {
+            tracing::info!(%request_id, emails = email_ids.len(), "request accepted");
+            metrics::counter!("mailtrail_intake_emails_total").increment(email_ids.len() as u64);
+            "accepted"
         }
-        IntakeOutcome::SetAside { reason, detail } => tracing::warn!(
-            queue = %message.queue_name,
-            message_id = message.message_id().unwrap_or(""),
-            reason = %reason,
-            detail = %detail,
-            "mailbox message set aside"
-        ),
-    }
+        IntakeOutcome::Duplicate { request_id } => {
+            tracing::info!(%request_id, "duplicate request: nothing new recorded");
+            "duplicate"
+        }
+        IntakeOutcome::SetAside { reason, detail } => {
+            tracing::warn!(
+                queue = %message.queue_name,
+                message_id = message.message_id().unwrap_or(""),
+                reason = %reason,
+                detail = %detail,
+                "mailbox message set aside"
+            );
+            "set_aside"
+        }
+    };
+    metrics::counter!("mailtrail_intake_requests_total", "outcome" => counted).increment(1);
 }
 
 /// The incoming `traceparent`'s trace continued with a new span, or a new trace.

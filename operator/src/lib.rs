@@ -30,6 +30,7 @@ pub mod dead_letter_api;
 pub mod dead_letter_consumer;
 pub mod dead_letters;
 pub mod faults;
+pub mod gauges;
 pub mod history;
 pub mod http;
 pub mod intake;

@@ -60,6 +60,7 @@ enum KeysCommand {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
+    mailtrail_runtime::install_metrics();
     match cli.command.unwrap_or(Command::Run) {
         Command::Migrate => {
             let applied = db::migrate(&cli.config.database_url).await?;

@@ -48,6 +48,7 @@ pub struct Problem {
     paths(
         crate::http::healthz,
         crate::http::readyz,
+        crate::http::metrics,
         document,
         crate::search_api::search,
         crate::search_api::export,

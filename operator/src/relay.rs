@@ -227,6 +227,9 @@ impl Relay {
                 .await
         })
         .await
+        .inspect(|published| {
+            metrics::counter!("mailtrail_relay_jobs_published_total").increment(*published as u64)
+        })
     }
 
     /// Runs rounds until nothing is pending; returns the total published.

@@ -125,6 +125,9 @@ impl StatusRelay {
                 .await
         })
         .await
+        .inspect(|cleared| {
+            metrics::counter!("mailtrail_status_events_cleared_total").increment(*cleared as u64)
+        })
     }
 
     /// Runs rounds until nothing is queued; returns the total cleared.

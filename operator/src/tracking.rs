@@ -79,6 +79,7 @@ impl Tracker {
     /// Handles a batch of tracking messages. On `Ok` everything is committed and every
     /// set-aside copy confirmed: the caller acks the batch. On `Err` nothing may be acked.
     pub async fn handle(&self, batch: &[Incoming]) -> anyhow::Result<Vec<TrackingOutcome>> {
+        let started = std::time::Instant::now();
         let decoded: Vec<Result<TrackingEvent, (String, String)>> =
             batch.iter().map(decode).collect();
         let (outcomes, freed) = with_deadline(self.db_timeout, "tracking transaction", async {
@@ -224,21 +225,41 @@ impl Tracker {
             .await
             .context("cannot set rejected tracking messages aside")?;
         for outcome in &outcomes {
-            match outcome {
+            let counted = match outcome {
                 TrackingOutcome::SetAside { reason, detail } => {
-                    tracing::warn!(reason, detail, "tracking message set aside")
+                    tracing::warn!(reason, detail, "tracking message set aside");
+                    "set_aside"
                 }
                 TrackingOutcome::Recorded { email_id } => {
-                    tracing::debug!(%email_id, "tracking event recorded")
+                    tracing::debug!(%email_id, "tracking event recorded");
+                    "recorded"
                 }
                 TrackingOutcome::Duplicate { email_id } => {
-                    tracing::debug!(%email_id, "duplicate tracking event")
+                    tracing::debug!(%email_id, "duplicate tracking event");
+                    "duplicate"
                 }
                 TrackingOutcome::Pending { event_id } => {
-                    tracing::info!(%event_id, "tracking event waits for its email")
+                    tracing::info!(%event_id, "tracking event waits for its email");
+                    "pending"
                 }
+            };
+            metrics::counter!("mailtrail_tracking_events_total", "outcome" => counted).increment(1);
+        }
+        // How long after it happened an event was recorded: for the dispatcher's events the
+        // tracking hop's latency; for webhooks, the provider's reporting delay as well.
+        for (decoded, outcome) in decoded.iter().zip(&outcomes) {
+            if let (Ok(event), TrackingOutcome::Recorded { .. }) = (decoded, outcome) {
+                let reporter = if event.source == "dispatcher" {
+                    "dispatcher"
+                } else {
+                    "webhook"
+                };
+                metrics::histogram!("mailtrail_event_record_delay_seconds", "reporter" => reporter)
+                    .record(mailtrail_runtime::seconds_since(event.occurred_at));
             }
         }
+        metrics::histogram!("mailtrail_batch_seconds", "step" => "tracking")
+            .record(started.elapsed().as_secs_f64());
         Ok(outcomes)
     }
 

@@ -3,8 +3,8 @@ use actix_web::{HttpResponse, web};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The endpoints every service serves without authentication.
-pub const HEALTH_PATHS: &[&str] = &["/healthz", "/readyz"];
+/// The endpoints every service serves without authentication: liveness, readiness, metrics.
+pub const HEALTH_PATHS: &[&str] = &["/healthz", "/readyz", crate::metrics::METRICS_PATH];
 
 /// What `/readyz` reports: named dependencies, each up or down, flipped by the code that holds
 /// the connection (so a probe never opens connections of its own).
@@ -30,14 +30,18 @@ impl Readiness {
     }
 }
 
-/// Adds `GET /healthz` (the process is alive) and `GET /readyz` (200 when every tracked
-/// dependency is up, else 503; the body names each) to an actix-web app.
+/// Adds `GET /healthz` (the process is alive), `GET /readyz` (200 when every tracked
+/// dependency is up, else 503; the body names each) and `GET /metrics` to an actix-web app.
 pub fn health_routes(readiness: Readiness) -> impl FnOnce(&mut web::ServiceConfig) {
     move |config| {
         config
             .app_data(web::Data::new(readiness))
             .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz));
+            .route("/readyz", web::get().to(readyz))
+            .route(
+                crate::metrics::METRICS_PATH,
+                web::get().to(crate::metrics::metrics_endpoint),
+            );
     }
 }
 
@@ -76,6 +80,6 @@ pub fn serve_health(
     .shutdown_timeout(5)
     .listen(listener)?
     .run();
-    tracing::info!(%addr, "health endpoints listening (/healthz, /readyz)");
+    tracing::info!(%addr, "health endpoints listening (/healthz, /readyz, /metrics)");
     Ok(server)
 }

@@ -10,7 +10,10 @@ use crate::verify::sns::{
 };
 use crate::verify::standard::{SignedRequest, SigningKey};
 use crate::verify::{VerifyError, mailgun, postmark, sendgrid, sns, standard};
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{HttpRequest, HttpResponse, web};
 use ipnet::IpNet;
 use lapin::BasicProperties;
@@ -166,7 +169,11 @@ impl SinkApp {
                 .app_data(web::Data::from(state.clone()))
                 .app_data(web::PayloadConfig::new(max_body))
                 .configure(health_routes(readiness.clone()))
-                .route("/v1/webhooks/{provider}", web::post().to(receive))
+                .service(
+                    web::resource("/v1/webhooks/{provider}")
+                        .wrap(from_fn(count_requests))
+                        .route(web::post().to(receive)),
+                )
         })
         .workers(2)
         .disable_signals()
@@ -211,6 +218,48 @@ impl SinkApp {
         close_connection(&connection, "webhook sink session ending").await;
         result
     }
+}
+
+/// The providers with an endpoint: the only values the metrics' `provider` label takes, so a
+/// stranger posting to made-up paths cannot grow the series without bound.
+const PROVIDERS: &[&str] = &[
+    providers::mailgun::PROVIDER,
+    providers::sendgrid::PROVIDER,
+    providers::postmark::PROVIDER,
+    providers::ses::PROVIDER,
+    providers::resend::PROVIDER,
+    providers::standard::PROVIDER,
+];
+
+/// Counts every webhook request by provider and verdict (`mailtrail_webhook_requests_total`),
+/// and times it, whatever answered it: the handler, or the body limit (413) before it.
+async fn count_requests(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let provider = request
+        .match_info()
+        .get("provider")
+        .and_then(|name| PROVIDERS.iter().find(|p| **p == name).copied())
+        .unwrap_or("unknown");
+    let started = std::time::Instant::now();
+    let response = next.call(request).await?;
+    let verdict = match response.status().as_u16() {
+        200..=299 => "accepted",
+        400 => "unreadable",
+        401 => "unverified",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "wrong_method",
+        413 => "too_large",
+        503 => "unavailable",
+        _ => "other",
+    };
+    metrics::counter!("mailtrail_webhook_requests_total", "provider" => provider, "verdict" => verdict)
+        .increment(1);
+    metrics::histogram!("mailtrail_webhook_request_seconds", "provider" => provider)
+        .record(started.elapsed().as_secs_f64());
+    Ok(response)
 }
 
 fn problem(status: StatusCode, detail: &str) -> HttpResponse {
@@ -590,6 +639,14 @@ async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
                 "the events could not be handed to the broker; retry later",
             );
         }
+    }
+    for (outcome, count) in [
+        ("accepted", accepted),
+        ("ignored", ignored),
+        ("set_aside", set_aside),
+    ] {
+        metrics::counter!("mailtrail_webhook_events_total", "provider" => provider, "outcome" => outcome)
+            .increment(count);
     }
     HttpResponse::Ok().json(serde_json::json!({
         "accepted": accepted,

@@ -51,6 +51,15 @@ pub enum SendError {
 }
 
 impl SendError {
+    /// The error's class, as metrics label it: `rejected`, `transient` or `provider_down`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            SendError::Rejected { .. } => "rejected",
+            SendError::Transient(_) => "transient",
+            SendError::ProviderDown(_) => "provider_down",
+        }
+    }
+
     pub fn reason(&self) -> &str {
         match self {
             SendError::Rejected { reason, .. } => reason,

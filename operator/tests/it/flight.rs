@@ -20,6 +20,16 @@ fn operator(world: &World) -> ServiceProcess {
 }
 
 pub fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -> ServiceProcess {
+    dispatcher_on_port(world, smtp, amqp_url, free_port())
+}
+
+/// Like [`dispatcher`], with its HTTP endpoints (health, metrics) on `port`.
+pub fn dispatcher_on_port(
+    world: &World,
+    smtp: &SmtpCapture,
+    amqp_url: Option<String>,
+    port: u16,
+) -> ServiceProcess {
     let program = target_bin("dispatcher");
     assert!(
         program.exists(),
@@ -39,7 +49,7 @@ pub fn dispatcher(world: &World, smtp: &SmtpCapture, amqp_url: Option<String>) -
             ("MAILTRAIL_QUEUE_PREFIX", world.broker.prefix().to_owned()),
             ("MAILTRAIL_SMTP_URL", smtp.url()),
             ("MAILTRAIL_SMTP_TIMEOUT_MS", "3000".to_owned()),
-            ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{port}")),
             ("MAILTRAIL_RETRY_SCHEDULE", "1s".to_owned()),
             ("MAILTRAIL_MAX_ATTEMPTS", "60".to_owned()),
         ],

@@ -14,6 +14,7 @@ mod flight;
 mod helpers;
 mod hostile;
 mod intake;
+mod metrics;
 mod openapi;
 mod reconnect;
 mod retention;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 const SERVED: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/v1/openapi.json"),
     ("get", "/v1/messages"),
     ("get", "/v1/messages/export"),
@@ -199,7 +200,13 @@ async fn every_documented_operation_is_served_and_guarded_as_documented() {
         .collect();
     assert_eq!(
         public,
-        BTreeSet::from(["/healthz", "/readyz", "/v1/openapi.json", "/v1/sign-in"]),
+        BTreeSet::from([
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
+            "/v1/sign-in"
+        ]),
         "public operations"
     );
     for (path, item) in document["paths"].as_object().expect("paths") {
