@@ -6,7 +6,9 @@
 //!   inactive recipient: `bounced`) and never retried; a refused key marks the provider down on
 //!   `/readyz` and makes mail wait, and mail flows once the key works; 429, 5xx, timeouts and
 //!   dropped connections defer and retry;
-//! * the SMTP table's gaps (a 5.1.1 bounce, a dropped connection, readiness while refused);
+//! * the SMTP table's gaps (a 5.1.1 bounce, a dropped connection, readiness while refused) and
+//!   every kind of per-recipient reply: 554 5.7.1 at RCPT or after DATA fails, 550 5.1.1
+//!   bounces, 450/451 defer; Resend's 403 `invalid_to_address` fails;
 //! * an outage of 1,000 emails: the breaker opens, the provider sees only probes, and every email
 //!   is delivered once when it is back; with a failover provider, everything goes there;
 //! * a revoked key: mail waits without spending attempts, and flows once the key is fixed;
@@ -25,7 +27,7 @@ use mailtrail_shared::contract::Priority;
 use mailtrail_shared::dispatch::DispatchJob;
 use mailtrail_shared::topology::Queue;
 use mailtrail_shared::tracking::TrackingEvent;
-use mailtrail_smtp_capture::{Mode, SmtpCapture};
+use mailtrail_smtp_capture::{Mode, SmtpCapture, Stage};
 use mailtrail_test_support::{TestBroker, amqp_url, eventually, try_http_get};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -470,6 +472,25 @@ async fn failure_table(api: Api) {
     }
     assert_eq!(sim.requests(), 2);
 
+    // Resend answers an invalid recipient with 403 — the status of its key errors — named
+    // `invalid_to_address`: the recipient's fault (failed), not the account's (still up).
+    let invalid_to = (api == Api::Resend).then(|| job("invalid-to@example.com"));
+    if let Some(invalid_to) = &invalid_to {
+        sim.set_behaviour_for(
+            &invalid_to.to.address,
+            Behaviour::resend_invalid_to_address(),
+        );
+        rig.publish(std::slice::from_ref(invalid_to)).await;
+        let failed = rig.wait_for(invalid_to.email_id, "failed").await;
+        assert_eq!(failed.details["exhausted"], false, "{failed:?}");
+        let reason = failed.details["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("403") && reason.contains("invalid_to_address"),
+            "{reason}"
+        );
+        assert_eq!(rig.readiness_of(name).await.as_deref(), Some("ok"));
+    }
+
     // Four transient faults at once, each recipient its own.
     let transient = [
         ("rate-limited@example.com", Behaviour::RateLimited),
@@ -548,9 +569,11 @@ async fn failure_table(api: Api) {
     }
     // Each email's story: one final outcome. The refused one was never retried: seconds (and
     // retry tiers) later, its only event is still the refusal, and the sim never took it.
-    let refused_events = rig.events_of(refused.email_id);
-    assert_eq!(refused_events.len(), 1, "{refused_events:?}");
-    assert!(taken_for(&sim, refused.email_id).is_empty());
+    for refused in std::iter::once(&refused).chain(&invalid_to) {
+        let refused_events = rig.events_of(refused.email_id);
+        assert_eq!(refused_events.len(), 1, "{refused_events:?}");
+        assert!(taken_for(&sim, refused.email_id).is_empty());
+    }
     let all: Vec<&DispatchJob> = [&taken, &refused, &bad_key, &revoked]
         .into_iter()
         .chain(&transient_jobs)
@@ -566,7 +589,8 @@ async fn failure_table(api: Api) {
                 job.to.address
             );
         }
-        assert!(of_type(events, "failed").len() <= 1, "{events:?}");
+        let refusals = 1 + usize::from(invalid_to.is_some());
+        assert!(of_type(events, "failed").len() <= refusals, "{events:?}");
     });
     assert!(sim.malformed().is_empty(), "{:#?}", sim.malformed());
     rig.stop().await;
@@ -683,6 +707,117 @@ async fn smtp_failure_table_gaps() {
             1
         );
     });
+    rig.stop().await;
+}
+
+/// Per-recipient SMTP replies, at RCPT and after DATA: a policy refusal of the message (554
+/// 5.7.1) is `failed`, not a bounce, and never retried; an unknown mailbox (550 5.1.1) is a hard
+/// bounce; 450/451/452 defer and the email goes once the server takes it. None of them is the
+/// provider's fault: SMTP stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_recipient_replies_fail_bounce_or_defer() {
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    let mut rig = Rig::new().await;
+    rig.start(|config| {
+        config.smtp_url = smtp.url();
+        // Only a provider-down answer may open the breaker here (it opens at once): transient
+        // failures in a row count too, and the deferrals must not.
+        config.breaker_failures = 1_000;
+    })
+    .await;
+    rig.wait_ready("smtp", true).await;
+
+    let refused_at_rcpt = job("policy-rcpt@example.com");
+    let refused_at_data = job("policy-data@example.com");
+    let unknown = job("unknown@example.com");
+    let busy = job("busy@example.com");
+    let greylisted = job("greylisted@example.com");
+    let full = job("full@example.com");
+    let policy = "554 5.7.1 Message refused by policy";
+    smtp.answer_recipient(&refused_at_rcpt.to.address, Stage::Rcpt, policy);
+    smtp.answer_recipient(&refused_at_data.to.address, Stage::Data, policy);
+    smtp.reject_recipient(&unknown.to.address);
+    smtp.answer_recipient(
+        &busy.to.address,
+        Stage::Rcpt,
+        "450 4.2.1 Mailbox busy, try again later",
+    );
+    smtp.answer_recipient(
+        &greylisted.to.address,
+        Stage::Rcpt,
+        "451 4.7.1 Greylisted, try again later",
+    );
+    smtp.answer_recipient(
+        &full.to.address,
+        Stage::Data,
+        "452 4.2.2 Mailbox full, try again later",
+    );
+    let all = [
+        refused_at_rcpt.clone(),
+        refused_at_data.clone(),
+        unknown.clone(),
+        busy.clone(),
+        greylisted.clone(),
+        full.clone(),
+    ];
+    rig.publish(&all).await;
+
+    for (job, code) in [(&refused_at_rcpt, "554"), (&refused_at_data, "554")] {
+        let failed = rig.wait_for(job.email_id, "failed").await;
+        assert_eq!(failed.details["exhausted"], false, "{failed:?}");
+        let reason = failed.details["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains(code) && reason.contains("5.7.1"),
+            "{reason}"
+        );
+    }
+    let bounced = rig.wait_for(unknown.email_id, "bounced").await;
+    assert_eq!(bounced.details["bounce_kind"], "hard", "{bounced:?}");
+    for (job, code) in [(&busy, "450"), (&greylisted, "451"), (&full, "452")] {
+        let deferred = rig.wait_for(job.email_id, "deferred").await;
+        assert_eq!(deferred.details["provider_down"], false, "{deferred:?}");
+        let reason = deferred.details["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(code), "{code}: {reason}");
+    }
+    assert_eq!(rig.readiness_of("smtp").await.as_deref(), Some("ok"));
+
+    // The server takes the deferred ones now: each goes on its retry, once.
+    for job in [&busy, &greylisted, &full] {
+        smtp.accept_recipient(&job.to.address);
+    }
+    for job in [&busy, &greylisted, &full] {
+        rig.wait_for(job.email_id, "dispatched").await;
+    }
+    let mut delivered: Vec<String> = smtp
+        .messages()
+        .into_iter()
+        .flat_map(|m| m.rcpt_to)
+        .collect();
+    delivered.sort();
+    assert_eq!(
+        delivered,
+        [
+            "busy@example.com",
+            "full@example.com",
+            "greylisted@example.com"
+        ]
+    );
+    // The refusals and the bounce were final: a retry tier later, still one event each.
+    for job in [&refused_at_rcpt, &refused_at_data, &unknown] {
+        let events = rig.events_of(job.email_id);
+        assert_eq!(events.len(), 1, "{}: {events:?}", job.to.address);
+    }
+    rig.with_events(|events| {
+        assert_eq!(of_type(events, "failed").len(), 2, "{events:?}");
+        assert_eq!(of_type(events, "bounced").len(), 1, "{events:?}");
+        assert!(
+            of_type(events, "deferred")
+                .iter()
+                .all(|e| e.details["provider_down"] == false),
+            "{events:?}"
+        );
+    });
+    rig.wait_ready("smtp", true).await;
     rig.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! Retry tiers against the real broker and a real SMTP server, with one-second tiers: a job that
 //! keeps failing transiently is deferred with rising attempt numbers through the delay queues,
-//! then `failed` once and set aside with its last error; a provider that refuses us (a 554
+//! then `failed` once and set aside with its last error; a job older than the maximum age is given
+//! up at its next failure, whatever attempts it has left; a provider that refuses us (a 554
 //! greeting: a policy block) makes mail wait without spending attempts, and it flows once the
 //! server takes mail again.
 
@@ -54,6 +55,16 @@ struct Rig {
 }
 
 async fn start(smtp: &SmtpCapture, schedule: &str, max_attempts: u32) -> Rig {
+    start_with(smtp, schedule, max_attempts).await.0
+}
+
+/// Starts a dispatcher; also returns its maximum age (the default unless the environment sets
+/// one).
+async fn start_with(
+    smtp: &SmtpCapture,
+    schedule: &str,
+    max_attempts: u32,
+) -> (Rig, chrono::Duration) {
     mailtrail_test_support::init_tracing();
     let broker = TestBroker::new();
     let connection = broker.connect().await;
@@ -68,15 +79,17 @@ async fn start(smtp: &SmtpCapture, schedule: &str, max_attempts: u32) -> Rig {
     config.smtp_url = smtp.url();
     config.retry_schedule = parse_schedule(schedule).expect("schedule");
     config.max_attempts = max_attempts;
+    let max_age = chrono::Duration::from_std(config.retry_max_age).expect("max age");
     let app = DispatcherApp::build(config).await.expect("dispatcher");
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(stop.clone()));
-    Rig {
+    let rig = Rig {
         broker,
         connection,
         stop,
         task,
-    }
+    };
+    (rig, max_age)
 }
 
 impl Rig {
@@ -214,5 +227,101 @@ async fn a_provider_that_refuses_us_makes_mail_wait_without_spending_attempts() 
     assert_eq!(smtp.wait_for_count(1, Duration::from_secs(5)).await, 1);
     assert_eq!(smtp.message_count(), 1);
     assert!(rig.take(Queue::DeadLetter).await.is_empty());
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_older_than_the_max_age_fails_once_at_its_next_failure_and_is_set_aside() {
+    let smtp = SmtpCapture::start().await.expect("smtp server");
+    smtp.set_mode(Mode::TransientFailure);
+    // Attempts to spare and a long tier: only its age can end the old job, and the young one's
+    // retry stays in its delay queue for the rest of the test.
+    let (rig, max_age) = start_with(&smtp, "600s", 10).await;
+    assert!(
+        max_age >= chrono::Duration::days(3),
+        "MAILTRAIL_RETRY_MAX_AGE defaults to at least 3 days: {max_age}"
+    );
+    let now = chrono::Utc::now();
+    let old = DispatchJob {
+        attempt: 2,
+        first_attempt_at: Some(now - max_age - chrono::Duration::hours(1)),
+        ..job(3, "cid@example.com")
+    };
+    // Just under the maximum age: retried as usual.
+    let young = DispatchJob {
+        attempt: 2,
+        first_attempt_at: Some(now - max_age + chrono::Duration::hours(1)),
+        ..job(4, "dee@example.com")
+    };
+    rig.publish(&old).await;
+    rig.publish(&young).await;
+    let events = rig
+        .events_until("the old job failed, the young one deferred", |events| {
+            events.iter().any(|e| e.event_type.as_str() == "failed")
+                && events.iter().any(|e| e.event_type.as_str() == "deferred")
+        })
+        .await;
+    let of = |job: &DispatchJob| -> Vec<&TrackingEvent> {
+        events
+            .iter()
+            .filter(|e| e.email_id == Some(job.email_id))
+            .collect()
+    };
+    let old_events = of(&old);
+    assert_eq!(old_events.len(), 1, "{old_events:?}");
+    let failed = old_events[0];
+    assert_eq!(failed.event_type.as_str(), "failed");
+    assert_eq!(failed.details["exhausted"], true);
+    assert_eq!(failed.details["attempt"], 2);
+    let reason = failed.details["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("older than {} s", max_age.num_seconds()))
+            && reason.contains("MAILTRAIL_RETRY_MAX_AGE")
+            && reason.contains("451"),
+        "{reason}"
+    );
+    let young_events = of(&young);
+    assert_eq!(young_events.len(), 1, "{young_events:?}");
+    assert_eq!(young_events[0].event_type.as_str(), "deferred");
+    assert_eq!(young_events[0].details["attempt"], 2);
+
+    // The old job, and only it, is set aside once, with the reason it was given up.
+    let set_aside = eventually("the old job set aside", Duration::from_secs(20), || async {
+        let taken = rig.take(Queue::DeadLetter).await;
+        (!taken.is_empty()).then_some(taken)
+    })
+    .await;
+    assert_eq!(set_aside.len(), 1);
+    let copy = &set_aside[0];
+    let properties = &copy.delivery.properties;
+    assert_eq!(
+        mailtrail_broker::header_string(properties, headers::REASON).as_deref(),
+        Some("retries_exhausted")
+    );
+    let detail = mailtrail_broker::header_string(properties, headers::REASON_DETAIL);
+    assert!(
+        detail
+            .as_deref()
+            .is_some_and(|d| d.contains("MAILTRAIL_RETRY_MAX_AGE")),
+        "{detail:?}"
+    );
+    let last: DispatchJob = serde_json::from_slice(&copy.delivery.data).expect("the job");
+    assert_eq!((last.job_id, last.attempt), (old.job_id, 2));
+    // Nothing else came of it: no second report, and only the young job waits for a retry.
+    assert!(rig.take(Queue::Tracking).await.is_empty());
+    let delay_queue = rig.broker.topology().retry_queue(Queue::Dispatching, 600);
+    let waiting: Vec<DispatchJob> = take_all(&rig.connection, &delay_queue)
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.delivery.data).expect("a job"))
+        .collect();
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|j| (j.job_id, j.attempt))
+            .collect::<Vec<_>>(),
+        [(young.job_id, 3)]
+    );
+    assert_eq!(smtp.message_count(), 0);
     rig.stop().await;
 }

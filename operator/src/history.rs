@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, Int2, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use mailtrail_shared::history::EventType;
+use mailtrail_shared::history::{EventType, summary_order};
 use mailtrail_shared::tracking::{TrackingEvent, normalize_provider_message_id};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -145,7 +145,12 @@ async fn record_round(
         ), bumped AS (
             UPDATE emails m
                SET last_seq = m.last_seq + 1,
+                   -- Equal precedences (failed, rejected, …) are settled by the fixed summary
+                   -- order ($12, strongest first), not by which arrived first.
                    status = CASE WHEN incoming.precedence > m.status_precedence
+                                   OR (incoming.precedence = m.status_precedence
+                                       AND array_position($12::text[], incoming.event_type)
+                                           < array_position($12::text[], m.status))
                                  THEN incoming.event_type ELSE m.status END,
                    status_precedence = GREATEST(m.status_precedence, incoming.precedence),
                    -- The provider that took the email, as its `dispatched` event says; later
@@ -189,6 +194,12 @@ async fn record_round(
     .bind::<Array<Nullable<Text>>, _>(providers)
     .bind::<Array<Nullable<Text>>, _>(provider_event_ids)
     .bind::<Array<Nullable<Text>>, _>(provider_message_ids)
+    .bind::<Array<Text>, _>(
+        summary_order()
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await
 }

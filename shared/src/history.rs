@@ -173,6 +173,22 @@ pub fn summary_status(events: impl IntoIterator<Item = EventType>) -> Option<Eve
     })
 }
 
+/// Every type, strongest first: precedence, then — for equal precedence (`failed`, `rejected`,
+/// `suppressed`, `cancelled`) — the fixed order [`summary_status`] settles ties by. The
+/// operator's SQL compares positions in this list, so both agree and neither depends on arrival
+/// order.
+pub fn summary_order() -> [EventType; 15] {
+    let mut all = EventType::ALL;
+    all.sort_by_key(|t| {
+        std::cmp::Reverse((
+            t.status_precedence(),
+            std::cmp::Reverse(t.lifecycle_rank()),
+            *t,
+        ))
+    });
+    all
+}
+
 /// A sort key for an event in a timeline: `occurred_at`, lifecycle rank, sequence number.
 pub fn timeline_key(
     occurred_at: chrono::DateTime<chrono::Utc>,
@@ -212,6 +228,20 @@ mod tests {
             Some(Dispatched)
         );
         assert_eq!(summary_status([]), None);
+    }
+
+    #[test]
+    fn the_summary_order_is_the_summary_status_of_every_pair() {
+        let order = summary_order();
+        for (i, a) in order.iter().enumerate() {
+            for b in &order[i + 1..] {
+                assert_eq!(summary_status([*a, *b]), Some(*a), "{a} before {b}");
+                assert_eq!(summary_status([*b, *a]), Some(*a), "{a} before {b}");
+                assert!(a.status_precedence() >= b.status_precedence());
+            }
+        }
+        assert_eq!(order[0], EventType::Complained);
+        assert_eq!(order[14], EventType::Accepted);
     }
 
     #[test]

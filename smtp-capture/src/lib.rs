@@ -3,8 +3,10 @@
 //! It is what tests, benchmarks and the quick start send mail to instead of a real provider:
 //! tests start one in-process with [`SmtpCapture::start`], point the dispatcher at
 //! [`SmtpCapture::url`] and then look at [`SmtpCapture::messages`] (or wait for them with
-//! [`SmtpCapture::wait_for_count`]); they can make it fail on purpose with [`Mode`] and
-//! [`SmtpCapture::reject_recipient`]. The `smtp-capture` binary runs the same server on its own
+//! [`SmtpCapture::wait_for_count`]); they can make it fail on purpose with [`Mode`] (every
+//! connection) or per recipient: [`SmtpCapture::reject_recipient`] (550 5.1.1),
+//! [`SmtpCapture::defer_recipient`] (450 4.2.1) and [`SmtpCapture::answer_recipient`] (any 4xx or
+//! 5xx reply, to RCPT TO or to the end of the message's data). The `smtp-capture` binary runs the same server on its own
 //! and logs one line per accepted message.
 //!
 //! It speaks SMTP/ESMTP: EHLO/HELO, MAIL, RCPT, DATA, RSET, NOOP, QUIT, with PIPELINING,
@@ -22,7 +24,7 @@ mod tls;
 
 pub use message::ReceivedMessage;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -72,6 +74,27 @@ impl Mode {
     }
 }
 
+/// When a recipient's own answer ([`SmtpCapture::answer_recipient`]) is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// As the reply to that recipient's `RCPT TO`; the transaction goes on without it.
+    Rcpt,
+    /// As the reply to the final "." of a message with that recipient among its accepted ones:
+    /// the whole message is refused (not kept, not counted), as a content or policy filter does.
+    Data,
+}
+
+/// What the server answers for one recipient instead of accepting it.
+#[derive(Debug, Clone)]
+pub(crate) enum RecipientAnswer {
+    /// `550 5.1.1 <addr>: no such user` to RCPT TO.
+    NoSuchUser,
+    /// `450 4.2.1 <addr>: mailbox busy, try again later` to RCPT TO.
+    Busy,
+    /// This reply line (CRLF included) at this stage.
+    Custom { stage: Stage, reply: String },
+}
+
 type MessageHook = Arc<dyn Fn(&ReceivedMessage) + Send + Sync>;
 
 /// What the server and its connections share.
@@ -81,8 +104,8 @@ pub(crate) struct State {
     arrived: Notify,
     mode: AtomicU8,
     keep_messages: AtomicBool,
-    rejected: RwLock<HashSet<String>>,
-    deferred: RwLock<HashSet<String>>,
+    /// Per recipient (lower-cased): what it gets instead of `250`.
+    recipients: RwLock<HashMap<String, RecipientAnswer>>,
     connections: AtomicUsize,
     hook: RwLock<Option<MessageHook>>,
     /// Set while [`State::credentials`] holds the one account AUTH accepts (checked first, so
@@ -111,20 +134,36 @@ impl State {
         Mode::from_u8(self.mode.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn is_deferred(&self, address: &str) -> bool {
-        let deferred = self
-            .deferred
-            .read()
-            .expect("deferred-recipient lock poisoned");
-        !deferred.is_empty() && deferred.contains(&address.to_lowercase())
+    /// What `address` (compared case-insensitively) gets instead of being accepted, if anything.
+    pub(crate) fn recipient_answer(&self, address: &str) -> Option<RecipientAnswer> {
+        let recipients = self.recipients.read().expect("recipient lock poisoned");
+        if recipients.is_empty() {
+            return None;
+        }
+        recipients.get(&address.to_lowercase()).cloned()
     }
 
-    pub(crate) fn is_rejected(&self, address: &str) -> bool {
-        let rejected = self
-            .rejected
-            .read()
-            .expect("rejected-recipient lock poisoned");
-        !rejected.is_empty() && rejected.contains(&address.to_lowercase())
+    /// The reply to the end of data of a message to `rcpt_to`, when one of them is refused at
+    /// that stage.
+    pub(crate) fn data_refusal(&self, rcpt_to: &[String]) -> Option<String> {
+        rcpt_to
+            .iter()
+            .find_map(|address| match self.recipient_answer(address) {
+                Some(RecipientAnswer::Custom {
+                    stage: Stage::Data,
+                    reply,
+                }) => Some(reply),
+                _ => None,
+            })
+    }
+
+    fn set_recipient_answer(&self, address: &str, answer: Option<RecipientAnswer>) {
+        let mut recipients = self.recipients.write().expect("recipient lock poisoned");
+        let address = address.to_lowercase();
+        match answer {
+            Some(answer) => recipients.insert(address, answer),
+            None => recipients.remove(&address),
+        };
     }
 
     /// The account AUTH accepts, when AUTH is required.
@@ -263,8 +302,7 @@ impl SmtpCapture {
             arrived: Notify::new(),
             mode: AtomicU8::new(Mode::Accept.to_u8()),
             keep_messages: AtomicBool::new(true),
-            rejected: RwLock::new(HashSet::new()),
-            deferred: RwLock::new(HashSet::new()),
+            recipients: RwLock::new(HashMap::new()),
             connections: AtomicUsize::new(0),
             hook: RwLock::new(None),
             auth_required: AtomicBool::new(false),
@@ -330,34 +368,51 @@ impl SmtpCapture {
         self.state.mode.store(mode.to_u8(), Ordering::SeqCst);
     }
 
-    /// Recipients (compared case-insensitively) that get `550 5.1.1 <addr>: no such user` at
-    /// RCPT TO.
+    /// `address` (compared case-insensitively) gets `550 5.1.1 <addr>: no such user` at RCPT
+    /// TO, until [`SmtpCapture::accept_recipient`]. Each recipient has one answer: the last set.
     pub fn reject_recipient(&self, address: &str) {
         self.state
-            .rejected
-            .write()
-            .expect("rejected-recipient lock poisoned")
-            .insert(address.to_lowercase());
+            .set_recipient_answer(address, Some(RecipientAnswer::NoSuchUser));
     }
 
-    /// Recipients (compared case-insensitively) that get `450 4.2.1 <addr>: mailbox busy, try
-    /// again later` at RCPT TO, until [`SmtpCapture::accept_recipient`].
+    /// `address` (compared case-insensitively) gets `450 4.2.1 <addr>: mailbox busy, try again
+    /// later` at RCPT TO, until [`SmtpCapture::accept_recipient`].
     pub fn defer_recipient(&self, address: &str) {
         self.state
-            .deferred
-            .write()
-            .expect("deferred-recipient lock poisoned")
-            .insert(address.to_lowercase());
+            .set_recipient_answer(address, Some(RecipientAnswer::Busy));
     }
 
-    /// Undoes [`SmtpCapture::reject_recipient`] and [`SmtpCapture::defer_recipient`].
+    /// `address` (compared case-insensitively) gets `reply` — a one-line 4xx or 5xx reply such
+    /// as `554 5.7.1 Message refused by policy` or `451 4.7.1 Greylisted` — at `stage`, until
+    /// [`SmtpCapture::accept_recipient`].
+    ///
+    /// # Panics
+    ///
+    /// When `reply` is not a 4xx or 5xx code, a space and a text on one line (a test's mistake).
+    pub fn answer_recipient(&self, address: &str, stage: Stage, reply: &str) {
+        let bytes = reply.as_bytes();
+        let well_formed = bytes.len() > 4
+            && matches!(bytes[0], b'4' | b'5')
+            && bytes[1..3].iter().all(u8::is_ascii_digit)
+            && bytes[3] == b' '
+            && !reply.contains(['\r', '\n']);
+        assert!(
+            well_formed,
+            "answer_recipient: {reply:?} is not a one-line 4xx/5xx reply like \"554 5.7.1 refused\""
+        );
+        self.state.set_recipient_answer(
+            address,
+            Some(RecipientAnswer::Custom {
+                stage,
+                reply: format!("{reply}\r\n"),
+            }),
+        );
+    }
+
+    /// Undoes [`SmtpCapture::reject_recipient`], [`SmtpCapture::defer_recipient`] and
+    /// [`SmtpCapture::answer_recipient`]: `address` is accepted again.
     pub fn accept_recipient(&self, address: &str) {
-        let address = address.to_lowercase();
-        for set in [&self.state.rejected, &self.state.deferred] {
-            set.write()
-                .expect("recipient lock poisoned")
-                .remove(&address);
-        }
+        self.state.set_recipient_answer(address, None);
     }
 
     /// Number of connections accepted so far (for tests that check pooling / reconnects).

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-use crate::{MAX_MESSAGE_SIZE, Mode, ReceivedMessage, State};
+use crate::{MAX_MESSAGE_SIZE, Mode, ReceivedMessage, RecipientAnswer, Stage, State};
 
 /// Longest line read in one piece; longer command lines get a 500, longer data lines are kept
 /// (read in pieces).
@@ -270,6 +270,8 @@ async fn converse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     writer
                         .write_all(b"552 5.3.4 Error: message too big\r\n")
                         .await?;
+                } else if let Some(reply) = state.data_refusal(&transaction.rcpt_to) {
+                    writer.write_all(reply.as_bytes()).await?;
                 } else {
                     let id = format!(
                         "{:08X}{:08X}",
@@ -399,11 +401,21 @@ fn rcpt(transaction: &mut Transaction, args: &[u8], state: &State) -> Cow<'stati
         return "501 5.1.3 Error: empty recipient address\r\n".into();
     }
     let address = String::from_utf8_lossy(path).into_owned();
-    if state.is_rejected(&address) {
-        return format!("550 5.1.1 <{address}>: no such user\r\n").into();
-    }
-    if state.is_deferred(&address) {
-        return format!("450 4.2.1 <{address}>: mailbox busy, try again later\r\n").into();
+    match state.recipient_answer(&address) {
+        Some(RecipientAnswer::NoSuchUser) => {
+            return format!("550 5.1.1 <{address}>: no such user\r\n").into();
+        }
+        Some(RecipientAnswer::Busy) => {
+            return format!("450 4.2.1 <{address}>: mailbox busy, try again later\r\n").into();
+        }
+        Some(RecipientAnswer::Custom {
+            stage: Stage::Rcpt,
+            reply,
+        }) => return reply.into(),
+        Some(RecipientAnswer::Custom {
+            stage: Stage::Data, ..
+        })
+        | None => {}
     }
     if transaction.rcpt_to.len() >= MAX_RECIPIENTS {
         return "452 4.5.3 Error: too many recipients\r\n".into();

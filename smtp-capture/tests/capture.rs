@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mailtrail_smtp_capture::{Mode, SmtpCapture};
+use mailtrail_smtp_capture::{Mode, SmtpCapture, Stage};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -342,6 +342,83 @@ async fn rejected_recipient_gets_550_and_the_others_are_accepted() {
     let messages = capture.messages();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].rcpt_to, ["somebody@example.com"]);
+}
+
+#[tokio::test]
+async fn any_recipient_reply_at_rcpt_or_at_the_end_of_data() {
+    let capture = SmtpCapture::start().await.expect("start smtp-capture");
+    capture.answer_recipient(
+        "Greylisted@Example.com",
+        Stage::Rcpt,
+        "451 4.7.1 Greylisted, try again later",
+    );
+    capture.answer_recipient(
+        "filtered@example.com",
+        Stage::Data,
+        "554 5.7.1 Message refused by policy",
+    );
+    capture.defer_recipient("busy@example.com");
+    let mut client = Client::connect(capture.addr()).await;
+    client.expect("EHLO client", 250).await;
+
+    // At RCPT: the reply as given, the rest of the transaction goes on.
+    client.expect("MAIL FROM:<a@example.com>", 250).await;
+    let reply = client.expect("RCPT TO:<greylisted@example.com>", 451).await;
+    assert_eq!(reply.text(), "4.7.1 Greylisted, try again later");
+    let reply = client.expect("RCPT TO:<busy@example.com>", 450).await;
+    assert_eq!(
+        reply.text(),
+        "4.2.1 <busy@example.com>: mailbox busy, try again later"
+    );
+    client.expect("RCPT TO:<fine@example.com>", 250).await;
+    client.expect("DATA", 354).await;
+    client.send("Subject: one\r\n\r\n").await;
+    client.expect(".", 250).await;
+
+    // At the end of data: RCPT is taken, the whole message is refused and not kept.
+    client.expect("MAIL FROM:<a@example.com>", 250).await;
+    client.expect("RCPT TO:<fine@example.com>", 250).await;
+    client.expect("RCPT TO:<FILTERED@example.com>", 250).await;
+    client.expect("DATA", 354).await;
+    client.send("Subject: two\r\n\r\n").await;
+    let reply = client.expect(".", 554).await;
+    assert_eq!(reply.text(), "5.7.1 Message refused by policy");
+
+    // A recipient set back to accepted, and the next transaction on the same connection.
+    capture.accept_recipient("FILTERED@example.com");
+    capture.accept_recipient("greylisted@example.com");
+    client
+        .send_message(
+            "a@example.com",
+            &["filtered@example.com", "greylisted@example.com"],
+            "Subject: three\r\n\r\n",
+        )
+        .await;
+    let kept: Vec<Vec<String>> = capture.messages().into_iter().map(|m| m.rcpt_to).collect();
+    assert_eq!(
+        kept,
+        [
+            vec!["fine@example.com".to_owned()],
+            vec![
+                "filtered@example.com".to_owned(),
+                "greylisted@example.com".to_owned()
+            ]
+        ]
+    );
+    assert_eq!(capture.message_count(), 2);
+}
+
+#[test]
+#[should_panic(expected = "not a one-line 4xx/5xx reply")]
+fn a_recipient_reply_must_be_a_failure_reply() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let capture = runtime
+        .block_on(SmtpCapture::start())
+        .expect("start smtp-capture");
+    capture.answer_recipient("ann@example.com", Stage::Rcpt, "250 2.1.5 Ok");
 }
 
 #[tokio::test]

@@ -147,7 +147,8 @@ async fn verified_events_are_queued_before_the_answer_and_forgeries_are_refused(
     let (status, _) = post_signed(sink.port, ACME_NEW, "msg_2", now, one.as_bytes()).await;
     assert_eq!(status, 200);
 
-    // Refusals: tampered body, unknown key, missing signature, stale timestamp, over-size body.
+    // Refusals: tampered body, unknown key, missing or malformed signature, stale timestamp,
+    // over-size body.
     let mut tampered = signed_headers(ACME_OLD, "msg_3", now, one.as_bytes());
     let (status, problem) = post(
         sink.port,
@@ -162,6 +163,30 @@ async fn verified_events_are_queued_before_the_answer_and_forgeries_are_refused(
     tampered.retain(|(k, _)| k != "webhook-signature");
     let (status, _) = post(sink.port, &tampered, one.as_bytes()).await;
     assert_eq!(status, 401);
+    // Malformed signature headers: undecodable base64, a valid signature without its `v1,`
+    // version, another version only, and an empty value.
+    let genuine = SigningKey::parse(ACME_OLD)
+        .expect("secret")
+        .signature_header("msg_7", &now.to_string(), one.as_bytes());
+    let unversioned = genuine
+        .strip_prefix("v1,")
+        .expect("v1 signature")
+        .to_owned();
+    for malformed in [
+        "v1,not-base64!!".to_owned(),
+        unversioned.clone(),
+        format!("v2,{unversioned}"),
+        String::new(),
+    ] {
+        let mut headers = signed_headers(ACME_OLD, "msg_7", now, one.as_bytes());
+        for (name, value) in &mut headers {
+            if name == "webhook-signature" {
+                *value = malformed.clone();
+            }
+        }
+        let (status, problem) = post(sink.port, &headers, one.as_bytes()).await;
+        assert_eq!(status, 401, "signature {malformed:?}: {problem}");
+    }
     let (status, _) = post_signed(sink.port, ACME_OLD, "msg_5", now - 3600, one.as_bytes()).await;
     assert_eq!(status, 401);
     let huge = format!("[{}]", vec![one.clone(); 40].join(","));

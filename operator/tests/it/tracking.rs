@@ -343,6 +343,236 @@ async fn webhooks_that_outrun_their_email_wait_for_it_and_are_then_recorded() {
     );
 }
 
+/// `docs/history.md`'s precedence table, restated so the property test below checks the code
+/// against the documentation rather than against itself: (precedence, tie order), the higher
+/// wins; equal precedences settle by the documented fixed order.
+fn documented_precedence(event_type: EventType) -> (u8, u8) {
+    match event_type {
+        EventType::Complained => (100, 0),
+        EventType::Bounced => (90, 0),
+        EventType::Unsubscribed => (85, 0),
+        EventType::Cancelled => (80, 4),
+        EventType::Suppressed => (80, 3),
+        EventType::Rejected => (80, 2),
+        EventType::Failed => (80, 1),
+        EventType::Clicked => (70, 0),
+        EventType::Opened => (60, 0),
+        EventType::Delivered => (50, 0),
+        EventType::Dispatched => (40, 0),
+        EventType::Deferred => (30, 0),
+        EventType::Queued => (20, 0),
+        EventType::Scheduled => (15, 0),
+        EventType::Accepted => (10, 0),
+    }
+}
+
+/// What the test expects of an email: status, open and click counts, first open and click (in
+/// seconds after the base time), and the number of events in its history.
+type Summary = (String, i32, i32, Option<i32>, Option<i32>, i64);
+
+/// One random event set: (type, seconds after the base time, bounce kind). Each set draws from
+/// its own random subset of the types, so sets end in different statuses; a `tie` set has both
+/// `failed` and `rejected` (equal precedence) and nothing above them, so that every run checks
+/// the tie rule.
+fn random_event_set(
+    rng: &mut rand::rngs::StdRng,
+    tie: bool,
+) -> Vec<(EventType, i32, Option<&'static str>)> {
+    use rand::Rng;
+    use rand::seq::IndexedRandom;
+    let pool = [
+        (EventType::Dispatched, None),
+        (EventType::Deferred, None),
+        (EventType::Delivered, None),
+        (EventType::Bounced, Some("hard")),
+        (EventType::Bounced, Some("soft")),
+        (EventType::Failed, None),
+        (EventType::Rejected, None),
+        (EventType::Opened, None),
+        (EventType::Clicked, None),
+        (EventType::Complained, None),
+        (EventType::Unsubscribed, None),
+    ];
+    let mut allowed: Vec<_> = pool
+        .iter()
+        .filter(|(t, _)| {
+            // Opens, clicks and deliveries are common; the rest each in about a third of sets.
+            let odds = match t {
+                EventType::Opened | EventType::Clicked | EventType::Delivered => 0.8,
+                _ => 0.35,
+            };
+            rng.random_bool(odds)
+        })
+        .copied()
+        .collect();
+    if allowed.is_empty() {
+        allowed.push((EventType::Dispatched, None));
+    }
+    let mut set = Vec::new();
+    if tie {
+        allowed.retain(|(t, _)| documented_precedence(*t).0 < 80);
+        set.push((EventType::Failed, rng.random_range(-30..=300), None));
+        set.push((EventType::Rejected, rng.random_range(-30..=300), None));
+        if allowed.is_empty() {
+            return set;
+        }
+    }
+    let count = rng.random_range(3..=12);
+    set.extend((0..count).map(|_| {
+        let (t, kind) = *allowed.choose(rng).expect("a type");
+        (t, rng.random_range(-30..=300), kind)
+    }));
+    set
+}
+
+/// The summary the documentation promises for `set` after `accepted` and `queued`, worked out
+/// here independently of the operator.
+fn expected_summary(set: &[(EventType, i32, Option<&'static str>)]) -> Summary {
+    let status = set
+        .iter()
+        .map(|(t, _, _)| *t)
+        .chain([EventType::Accepted, EventType::Queued])
+        .max_by_key(|t| documented_precedence(*t))
+        .expect("a status");
+    let times = |wanted: EventType| set.iter().filter(move |(t, _, _)| *t == wanted);
+    let count = |wanted| i32::try_from(times(wanted).count()).expect("small");
+    let first = |wanted| times(wanted).map(|(_, at, _)| *at).min();
+    (
+        status.as_str().to_owned(),
+        count(EventType::Opened),
+        count(EventType::Clicked),
+        first(EventType::Opened),
+        first(EventType::Clicked),
+        2 + i64::try_from(set.len()).expect("small"),
+    )
+}
+
+/// A property test of the summary: several random event sets (seeded; the seed is printed, and
+/// `MAILTRAIL_PROPTEST_SEED=<seed>` replays it), each delivered to its own emails in several
+/// random orders — with every event also redelivered (same event id) or re-reported by the
+/// provider under another id (same provider event id), in random batches. For each set, every
+/// order gives the same status, counts, first times and number of events, and they are the ones
+/// the precedence table of `docs/history.md` gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn random_event_sets_give_the_documented_summary_in_every_arrival_order() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    const SETS: usize = 12;
+    const ORDERS: usize = 4;
+    let seed: u64 = std::env::var("MAILTRAIL_PROPTEST_SEED")
+        .ok()
+        .map(|s| s.trim().parse().expect("MAILTRAIL_PROPTEST_SEED is a u64"))
+        .unwrap_or_else(rand::random);
+    println!("summary property test: MAILTRAIL_PROPTEST_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let world = World::new().await;
+    let (intake, relay) = world.steps().await;
+    let tracker = tracker(&world).await;
+
+    // One email per (set, order), all taken in one intake batch.
+    let key = |set: usize, order: usize| format!("prop-{set}-{order}");
+    let requests: Vec<_> = (0..SETS)
+        .flat_map(|set| (0..ORDERS).map(move |order| (set, order)))
+        .map(|(set, order)| {
+            incoming(
+                &world,
+                Queue::Mailbox,
+                &format!(
+                    r#"{{"id": "{}", "tenant": "acme", "from": "shop@acme.test",
+                        "to": "ann@example.com", "subject": "S", "text": "T"}}"#,
+                    key(set, order)
+                ),
+                None,
+            )
+        })
+        .collect();
+    intake.handle(&requests).await.expect("intake");
+    relay.drain().await.expect("relay");
+    // Whole seconds: the database keeps microseconds, the comparison is in seconds.
+    let base = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now");
+
+    for set in 0..SETS {
+        let events = random_event_set(&mut rng, set == 0);
+        let expected = expected_summary(&events);
+        let mut summaries = Vec::new();
+        for order in 0..ORDERS {
+            let email = ids::email_id("acme", &key(set, order), "ann@example.com");
+            let mut reports: Vec<TrackingEvent> = Vec::new();
+            for (i, (event_type, at, kind)) in events.iter().enumerate() {
+                let mut report = TrackingEvent {
+                    occurred_at: base + ChronoDuration::seconds(i64::from(*at)),
+                    ..event(email, "acme", *event_type, 0)
+                };
+                if let Some(kind) = kind {
+                    report.details = serde_json::json!({"bounce_kind": kind});
+                }
+                if !matches!(
+                    event_type,
+                    EventType::Dispatched | EventType::Deferred | EventType::Failed
+                ) {
+                    report.source = "webhook:smtp".into();
+                    report.provider_event_id = Some(format!("pe-{set}-{i}"));
+                }
+                // Every event twice: redelivered as is, or (a provider event) reported again
+                // under another event id.
+                let mut again = report.clone();
+                if report.provider_event_id.is_some() && rng.random_bool(0.5) {
+                    again.event_id = Uuid::new_v4();
+                }
+                reports.push(report);
+                reports.push(again);
+            }
+            reports.shuffle(&mut rng);
+            let messages: Vec<_> = reports
+                .iter()
+                .map(|e| {
+                    incoming(
+                        &world,
+                        Queue::Tracking,
+                        &serde_json::to_string(e).expect("json"),
+                        None,
+                    )
+                })
+                .collect();
+            // Batches of random sizes; the first order all in one.
+            let mut rest = &messages[..];
+            while !rest.is_empty() {
+                let size = if order == 0 {
+                    rest.len()
+                } else {
+                    rng.random_range(1..=rest.len().min(4))
+                };
+                let (batch, after) = rest.split_at(size);
+                tracker.handle(batch).await.expect("tracking");
+                rest = after;
+            }
+            let row = world
+                .query(&format!(
+                    "SELECT status, open_count, click_count,
+                            extract(epoch FROM first_opened_at - '{base}'::timestamptz)::int,
+                            extract(epoch FROM first_clicked_at - '{base}'::timestamptz)::int,
+                            (SELECT count(*) FROM events WHERE email_id = '{email}')
+                       FROM emails WHERE id = '{email}'"
+                ))
+                .await;
+            summaries.push((
+                row[0].get::<_, String>(0),
+                row[0].get::<_, i32>(1),
+                row[0].get::<_, i32>(2),
+                row[0].get::<_, Option<i32>>(3),
+                row[0].get::<_, Option<i32>>(4),
+                row[0].get::<_, i64>(5),
+            ));
+        }
+        for (order, summary) in summaries.iter().enumerate() {
+            assert_eq!(
+                summary, &expected,
+                "set {set} {events:?}, order {order} (MAILTRAIL_PROPTEST_SEED={seed})"
+            );
+        }
+    }
+}
+
 /// The summary (status, open and click counts, first times) of an email is the same whatever
 /// order its events arrive in, one per batch or all in one.
 #[tokio::test(flavor = "multi_thread")]

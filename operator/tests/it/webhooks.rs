@@ -395,6 +395,16 @@ async fn every_provider_format_lands_once_each_in_order() {
                 opened_at.parse().ok(),
                 "{provider}: first open is the open's own time"
             );
+            let clicked_at = events[5]["occurred_at"].as_str().expect("time");
+            let first_clicked: DateTime<Utc> = summary["first_clicked_at"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .expect("first_clicked_at");
+            assert_eq!(
+                Some(first_clicked),
+                clicked_at.parse().ok(),
+                "{provider}: first click is the click's own time"
+            );
             assert_eq!(
                 events[5]["details"]["url"], "https://shop.acme.test/sale",
                 "{provider}"
