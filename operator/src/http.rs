@@ -70,6 +70,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A documented path asked with a method it does not serve; the methods it does serve.
+    #[error("this path does not serve this method; it serves {}", .0.join(", "))]
+    MethodNotAllowed(Vec<String>),
     #[error("the database is unavailable; try again shortly")]
     Unavailable(#[source] anyhow::Error),
     #[error("the broker is unavailable; try again shortly")]
@@ -84,6 +87,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) | ApiError::BrokerUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -100,6 +104,9 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if let ApiError::MethodNotAllowed(allowed) = self {
+            response.insert_header(("Allow", allowed.join(", ")));
+        }
         response.json(crate::openapi::Problem {
             problem_type: "about:blank".to_owned(),
             title: status.canonical_reason().unwrap_or("error").to_owned(),
@@ -112,6 +119,7 @@ impl ResponseError for ApiError {
 /// Registers every route on an actix `App`.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
+        .default_service(web::to(unmatched))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         // Public, so registered before the keyed scope (which would match it first otherwise).
@@ -122,6 +130,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .wrap(from_fn(require_api_key))
+                // A query string a handler's type cannot take (`limit=abc`, a number too large)
+                // is a 400 problem like every other error, not actix's plain-text answer.
+                .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid query string: {error}")).into()
+                }))
+                .default_service(web::to(unmatched))
                 .configure(crate::dead_letter_api::routes)
                 .configure(crate::search_api::routes)
                 .configure(crate::stats_api::routes)
@@ -139,6 +153,15 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     web::delete().to(remove_suppression),
                 ),
         );
+}
+
+/// What a request no route takes gets, as a problem: 405 with `Allow` on a documented path asked
+/// with another method (`openapi::allowed_methods`), else 404. Under `/v1` only with a key.
+async fn unmatched(request: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(match crate::openapi::allowed_methods(request.path()) {
+        Some(allowed) => ApiError::MethodNotAllowed(allowed),
+        None => ApiError::NotFound(format!("no such path: {:?}", request.path())),
+    })
 }
 
 /// The middleware every `/v1` request passes: a valid, unrevoked key or 401.

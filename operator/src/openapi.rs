@@ -128,6 +128,57 @@ impl Modify for Rules {
     }
 }
 
+/// The methods the document lists for a request path, upper case, or `None` when no documented
+/// path matches it (a `{parameter}` matches one non-empty segment). For the `Allow` header of a
+/// 405.
+pub fn allowed_methods(path: &str) -> Option<Vec<String>> {
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    static TEMPLATES: std::sync::OnceLock<Vec<(String, Vec<String>)>> = std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        document["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(template, item)| {
+                let allowed = METHODS
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| m.to_uppercase())
+                    .collect();
+                (template.clone(), allowed)
+            })
+            .collect()
+    });
+    let matches = |template: &str| {
+        let (mut wanted, mut given) = (template.split('/'), path.split('/'));
+        loop {
+            match (wanted.next(), given.next()) {
+                (None, None) => return true,
+                (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+                (Some(w), Some(g)) if w == g => {}
+                _ => return false,
+            }
+        }
+    };
+    // Every matching template counts: `/v1/dead-letters/replay` is served for POST (its own
+    // path) and GET (`/v1/dead-letters/{id}`).
+    let mut allowed: Vec<String> = Vec::new();
+    let mut found = false;
+    for (_, methods) in templates.iter().filter(|(t, _)| matches(t)) {
+        found = true;
+        for method in methods {
+            if !allowed.contains(method) {
+                allowed.push(method.clone());
+            }
+        }
+    }
+    allowed.sort_by_key(|m| METHODS.iter().position(|k| k.eq_ignore_ascii_case(m)));
+    found.then_some(allowed)
+}
+
 /// `GET /v1/openapi.json`: this document.
 #[utoipa::path(
     get,
@@ -181,6 +232,34 @@ mod tests {
                 "count resources here too"
             );
         }
+    }
+
+    #[test]
+    fn allowed_methods_come_from_the_document() {
+        let allowed = |path: &str| allowed_methods(path).map(|m| m.join(", "));
+        assert_eq!(allowed("/healthz").as_deref(), Some("GET"));
+        assert_eq!(allowed("/v1/messages/abc").as_deref(), Some("GET, DELETE"));
+        // A literal path and a template both match: `export` is an `{id}` too.
+        assert_eq!(
+            allowed("/v1/messages/export").as_deref(),
+            Some("GET, DELETE")
+        );
+        assert_eq!(
+            allowed("/v1/dead-letters/replay").as_deref(),
+            Some("GET, POST")
+        );
+        assert_eq!(
+            allowed("/v1/suppressions/acme/a@b.test").as_deref(),
+            Some("GET, DELETE")
+        );
+        assert_eq!(allowed("/v1/suppressions").as_deref(), Some("GET, POST"));
+        assert_eq!(
+            allowed("/v1/dead-letters/x/replay").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(allowed("/v1/messages/"), None);
+        assert_eq!(allowed("/v1/nothing"), None);
+        assert_eq!(allowed("/"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod openapi;
 mod reconnect;
 mod retention;
 mod scheduling;
+mod schemathesis;
 mod search;
 mod several_operators;
 mod shutdown;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The long schemathesis run against the operator's HTTP API: the same test as the short run in
+# the test command (operator/tests/it/schemathesis.rs: an operator binary on a database of its
+# own with seeded emails, dead letters and suppressions, an all-tenant admin key), with a large
+# budget, every check and the stateful phase. Takes tens of minutes.
+#
+#   scripts/schemathesis-long.sh                        # 1000 examples per operation, a new seed
+#   MAILTRAIL_SCHEMATHESIS_SEED=42 scripts/schemathesis-long.sh   # repeat a run
+#   scripts/schemathesis-long.sh --max-examples 200 --exclude-checks unsupported_method
+#
+# Extra arguments go to `schemathesis run` (after ours, so they win). The run's output,
+# config and reports (JUnit XML, NDJSON events) are kept under target/test-logs/schemathesis-*/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-services.sh
+# A fresh Debian cluster needs a password over TCP (ensure-services.sh sets it to `postgres`).
+if [[ -z ${MAILTRAIL_TEST_DATABASE_URL:-} ]] &&
+    ! PGCONNECT_TIMEOUT=5 psql -w -X -d postgres://postgres@127.0.0.1:5432/postgres -Atqc 'select 1' \
+        >/dev/null 2>&1; then
+    export MAILTRAIL_TEST_DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432
+fi
+bash scripts/ensure-schemathesis.sh
+export MAILTRAIL_SCHEMATHESIS="$PWD/target/schemathesis-venv/bin/schemathesis"
+
+examples=${MAILTRAIL_SCHEMATHESIS_EXAMPLES:-1000}
+seed=${MAILTRAIL_SCHEMATHESIS_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+echo "schemathesis-long.sh: seed $seed, $examples examples per operation" >&2
+export MAILTRAIL_SCHEMATHESIS_ARGS="--max-examples $examples --seed $seed --checks all \
+--phases examples,coverage,fuzzing,stateful --report junit,ndjson --max-failures 50 $*"
+cargo test -p mailtrail-operator --test it -- schemathesis --nocapture
+echo "schemathesis-long.sh: passed (seed $seed)" >&2
