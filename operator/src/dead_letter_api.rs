@@ -305,10 +305,10 @@ struct Page {
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
         ("reason" = Option<String>, Query, description = "The reason it was set aside"),
         ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, pattern = "^(open|replayed|discarded)$", description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
@@ -748,10 +748,10 @@ pub(crate) async fn replay_one(
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
         ("reason" = Option<String>, Query, description = "The reason it was set aside"),
         ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
-        ("limit" = Option<i64>, Query, description = "At most this many, 1–1000, default 1000"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, pattern = "^(open|replayed|discarded)$", description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many, 1–1000, default 1000"),
     ),
     responses(
         (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = serde_json::Value),
@@ -895,14 +895,17 @@ pub(crate) async fn replay_many(
     })))
 }
 
-#[derive(Debug, Deserialize)]
-struct Discard {
+/// The body of `POST /v1/dead-letters/{id}/discard`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct Discard {
+    /// Why, for the record: 1 to 500 characters.
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/discard", tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
-    request_body(content = serde_json::Value, content_type = "application/json",
+    request_body(content = Discard, content_type = "application/json",
         description = "`{\"reason\"}`, 1–500 characters"),
     responses(
         (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),

@@ -129,6 +129,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
         )
         .service(
             web::scope("/v1")
+                // Runs after the key check (the last `wrap` runs first).
+                .wrap(from_fn(reject_nul))
                 .wrap(from_fn(require_api_key))
                 // A query string a handler's type cannot take (`limit=abc`, a number too large)
                 // is a 400 problem like every other error, not actix's plain-text answer.
@@ -162,6 +164,27 @@ async fn unmatched(request: actix_web::HttpRequest) -> Result<HttpResponse, ApiE
         Some(allowed) => ApiError::MethodNotAllowed(allowed),
         None => ApiError::NotFound(format!("no such path: {:?}", request.path())),
     })
+}
+
+/// PostgreSQL text cannot hold NUL, so no tenant, address, tag or other value with one exists or
+/// can be stored, and a query given one fails (it was a 503). A NUL (`%00`) in the path of a
+/// `/v1` request is a 404 (nothing has that name), in its query string a 400, before any handler
+/// sees it. JSON bodies are checked by their handlers.
+async fn reject_nul(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let nul = |text: &str| text.contains("%00");
+    if nul(request.path()) {
+        return Err(ApiError::NotFound(format!("nothing named {:?}", request.path())).into());
+    }
+    if nul(request.query_string()) {
+        return Err(ApiError::BadRequest(
+            "a query parameter contains a NUL character (%00), which no value can hold".into(),
+        )
+        .into());
+    }
+    next.call(request).await
 }
 
 /// The middleware every `/v1` request passes: a valid, unrevoked key or 401.
@@ -525,7 +548,7 @@ pub(crate) struct AuditQuery {
 /// its tenant's entries only. `next` is the `before` of the following page.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     params(
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("before" = Option<i64>, Query, description = "An entry id: the page holds older entries (the `next` of the previous page)"),
     ),
     responses(
@@ -636,7 +659,7 @@ fn canonical(address: &str) -> Result<String, String> {
 #[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions",
     params(
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's answers an empty page)"),
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
@@ -720,18 +743,26 @@ pub(crate) async fn get_suppression(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct NewSuppression {
+/// The body of `POST /v1/suppressions`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewSuppression {
+    /// Not empty.
+    #[schema(min_length = 1, example = "acme")]
     tenant: String,
+    /// An email address, in any form (canonicalised).
+    #[schema(example = "ann@example.com")]
     address: String,
+    /// 1 to 200 characters (default `manual`).
+    #[schema(min_length = 1, max_length = 200)]
     reason: Option<String>,
+    /// When the entry stops suppressing mail (RFC 3339); never by default.
     expires_at: Option<DateTime<Utc>>,
 }
 
 const MAX_REASON_CHARS: usize = 200;
 
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions",
-    request_body(content = serde_json::Value, content_type = "application/json",
+    request_body(content = NewSuppression, content_type = "application/json",
         description = "`{\"tenant\", \"address\", \"reason\"?, \"expires_at\"?}`"),
     responses(
         (status = 201, description = "Added (or replaced)", body = serde_json::Value),
@@ -751,6 +782,12 @@ pub(crate) async fn add_suppression(
     })?;
     if new.tenant.trim().is_empty() {
         return Err(ApiError::BadRequest("tenant is empty".into()));
+    }
+    // The database cannot store a NUL (passing one was a 503).
+    if new.tenant.contains('\0') || new.reason.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "tenant and reason may not contain NUL characters".into(),
+        ));
     }
     // Another tenant answers like an unknown one: a key learns nothing about tenants it
     // cannot see.

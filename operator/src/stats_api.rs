@@ -387,10 +387,10 @@ fn start_in_zone(local: NaiveDateTime, start: DateTime<Utc>) -> String {
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
     params(
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive (default: 7 days before `until`)"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive (default: now)"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive (default: 7 days before `until`)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive (default: now)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant"),
-        ("bucket" = Option<String>, Query, description = "`hour` or `day` (default)"),
+        ("bucket" = Option<String>, Query, pattern = "^(hour|day)$", description = "`hour` or `day` (default)"),
         ("tz" = Option<String>, Query, description = "An IANA time zone, default `UTC`"),
     ),
     responses(

@@ -457,3 +457,55 @@ async fn schemathesis_regression_other_methods_are_405_with_allow() {
     stop.cancel();
     handle.await.expect("operator");
 }
+
+/// A NUL character reached PostgreSQL (which cannot hold one in text) from a query parameter, a
+/// path segment or a JSON body, and the failed query answered 503 "the database is unavailable".
+/// Query: 400; path: 404 (nothing has that name); body: 400. Nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_regression_nul_characters_are_client_errors() {
+    let world = World::new().await;
+    let (stop, handle, port) = world.start_operator_with_port().await;
+    let pool = world.pool();
+    let mut conn = pool.get().await.expect("db");
+    let (_, key) = keys::create(&mut conn, "ops", None, Role::Admin)
+        .await
+        .expect("key");
+    for (method, path, status) in [
+        ("GET", "/v1/messages?tenant=a%00b", 400),
+        ("GET", "/v1/messages?tag=%00", 400),
+        ("GET", "/v1/messages?metadata.k=%00", 400),
+        ("GET", "/v1/messages/export?format=csv&request_id=%00", 400),
+        ("GET", "/v1/suppressions?tenant=%00", 400),
+        ("GET", "/v1/dead-letters?reason=%00", 400),
+        ("POST", "/v1/dead-letters/replay?source_queue=%00", 400),
+        ("GET", "/v1/stats?tenant=%00", 400),
+        ("GET", "/v1/suppressions/acme%00/ann@example.com", 404),
+        ("DELETE", "/v1/suppressions/acme%00/ann@example.com", 404),
+    ] {
+        let (got, head, body) = raw(port, method, path, Some(&key)).await;
+        assert_eq!(got, status, "{method} {path}: {body}");
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{method} {path}: {head}"
+        );
+    }
+    for body in [
+        r#"{"tenant": "acme\u0000", "address": "ann@example.com"}"#,
+        r#"{"tenant": "acme", "address": "ann@example.com", "reason": "a\u0000b"}"#,
+    ] {
+        let (status, _, answer) = mailtrail_test_support::http_post(
+            port,
+            "/v1/suppressions",
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
+    assert_eq!(world.count("SELECT count(*) FROM suppressions").await, 0);
+    stop.cancel();
+    handle.await.expect("operator");
+}
