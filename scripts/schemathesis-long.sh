@@ -6,7 +6,8 @@
 #
 #   scripts/schemathesis-long.sh                        # 1000 examples per operation, a new seed
 #   MAILTRAIL_SCHEMATHESIS_SEED=42 scripts/schemathesis-long.sh   # repeat a run
-#   scripts/schemathesis-long.sh --max-examples 200 --exclude-checks unsupported_method
+#   MAILTRAIL_SCHEMATHESIS_EXAMPLES=100 scripts/schemathesis-long.sh  # a smaller budget
+#   scripts/schemathesis-long.sh --max-examples 200 --workers 2
 #
 # Extra arguments go to `schemathesis run` (after ours, so they win). The run's output,
 # config and reports (JUnit XML, NDJSON events) are kept under target/test-logs/schemathesis-*/.
@@ -26,7 +27,19 @@ export MAILTRAIL_SCHEMATHESIS="$PWD/target/schemathesis-venv/bin/schemathesis"
 examples=${MAILTRAIL_SCHEMATHESIS_EXAMPLES:-1000}
 seed=${MAILTRAIL_SCHEMATHESIS_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 echo "schemathesis-long.sh: seed $seed, $examples examples per operation" >&2
+# Every check but two, which judge input validity by the JSON schema alone where the API's
+# rules cannot be written in one:
+# - positive_data_acceptance (a schema-valid request must not get a 400): the API rightly refuses
+#   schema-valid values on rules across parameters or beyond JSON Schema — an `after` cursor it
+#   did not issue, a `recipient` that is not an address, a stats period longer than 31 days of
+#   hours, an IANA `tz` that does not exist, a discard reason of blanks;
+# - negative_data_rejection (a schema-invalid request must get a 4xx): the API reads an empty
+#   query parameter (`until=`) as an absent one, as HTML forms send them, which the check counts
+#   as accepting an invalid date-time.
+# Both are still worth a look now and then: MAILTRAIL_SCHEMATHESIS_EXCLUDE= (empty) runs them.
+exclude=${MAILTRAIL_SCHEMATHESIS_EXCLUDE-positive_data_acceptance,negative_data_rejection}
 export MAILTRAIL_SCHEMATHESIS_ARGS="--max-examples $examples --seed $seed --checks all \
---phases examples,coverage,fuzzing,stateful --report junit,ndjson --max-failures 50 $*"
-cargo test -p mailtrail-operator --test it -- schemathesis --nocapture
+${exclude:+--exclude-checks $exclude} --phases examples,coverage,fuzzing,stateful \
+--report junit,ndjson --max-failures 50 $*"
+cargo test -p mailtrail-operator --test it -- schemathesis_finds --nocapture
 echo "schemathesis-long.sh: passed (seed $seed)" >&2

@@ -129,8 +129,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
         )
         .service(
             web::scope("/v1")
-                // Runs after the key check (the last `wrap` runs first).
+                // Both run after the key check (the last `wrap` runs first).
                 .wrap(from_fn(reject_nul))
+                .wrap(from_fn(documented_method))
                 .wrap(from_fn(require_api_key))
                 // A query string a handler's type cannot take (`limit=abc`, a number too large)
                 // is a 400 problem like every other error, not actix's plain-text answer.
@@ -164,6 +165,21 @@ async fn unmatched(request: actix_web::HttpRequest) -> Result<HttpResponse, ApiE
         Some(allowed) => ApiError::MethodNotAllowed(allowed),
         None => ApiError::NotFound(format!("no such path: {:?}", request.path())),
     })
+}
+
+/// A method the document does not list for a path is a 405 (with `Allow`) even where a route
+/// would take it: `/v1/messages/export` is a path of its own, so a DELETE there is not a cancel
+/// of an email with id `export` (a 404), and `GET /v1/dead-letters/replay` is not a look-up.
+async fn documented_method(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(allowed) = crate::openapi::allowed_methods(request.path())
+        && !allowed.iter().any(|m| m == request.method().as_str())
+    {
+        return Err(ApiError::MethodNotAllowed(allowed).into());
+    }
+    next.call(request).await
 }
 
 /// PostgreSQL text cannot hold NUL, so no tenant, address, tag or other value with one exists or

@@ -129,8 +129,9 @@ impl Modify for Rules {
 }
 
 /// The methods the document lists for a request path, upper case, or `None` when no documented
-/// path matches it (a `{parameter}` matches one non-empty segment). For the `Allow` header of a
-/// 405.
+/// path matches it (a `{parameter}` matches one non-empty segment). As in OpenAPI, a concrete
+/// path wins over a templated one (`/v1/messages/export` is not `/v1/messages/{id}`), and the
+/// fewer parameters the better. For the `Allow` header of a 405.
 pub fn allowed_methods(path: &str) -> Option<Vec<String>> {
     const METHODS: [&str; 8] = [
         "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -152,31 +153,26 @@ pub fn allowed_methods(path: &str) -> Option<Vec<String>> {
             })
             .collect()
     });
-    let matches = |template: &str| {
+    // The number of parameters a template needs to match the path, if it does.
+    let parameters = |template: &str| {
         let (mut wanted, mut given) = (template.split('/'), path.split('/'));
+        let mut parameters = 0;
         loop {
             match (wanted.next(), given.next()) {
-                (None, None) => return true,
-                (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {}
+                (None, None) => return Some(parameters),
+                (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {
+                    parameters += 1;
+                }
                 (Some(w), Some(g)) if w == g => {}
-                _ => return false,
+                _ => return None,
             }
         }
     };
-    // Every matching template counts: `/v1/dead-letters/replay` is served for POST (its own
-    // path) and GET (`/v1/dead-letters/{id}`).
-    let mut allowed: Vec<String> = Vec::new();
-    let mut found = false;
-    for (_, methods) in templates.iter().filter(|(t, _)| matches(t)) {
-        found = true;
-        for method in methods {
-            if !allowed.contains(method) {
-                allowed.push(method.clone());
-            }
-        }
-    }
-    allowed.sort_by_key(|m| METHODS.iter().position(|k| k.eq_ignore_ascii_case(m)));
-    found.then_some(allowed)
+    templates
+        .iter()
+        .filter_map(|(template, methods)| parameters(template).map(|n| (n, methods)))
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, methods)| methods.clone())
 }
 
 /// `GET /v1/openapi.json`: this document.
@@ -239,15 +235,9 @@ mod tests {
         let allowed = |path: &str| allowed_methods(path).map(|m| m.join(", "));
         assert_eq!(allowed("/healthz").as_deref(), Some("GET"));
         assert_eq!(allowed("/v1/messages/abc").as_deref(), Some("GET, DELETE"));
-        // A literal path and a template both match: `export` is an `{id}` too.
-        assert_eq!(
-            allowed("/v1/messages/export").as_deref(),
-            Some("GET, DELETE")
-        );
-        assert_eq!(
-            allowed("/v1/dead-letters/replay").as_deref(),
-            Some("GET, POST")
-        );
+        // A concrete path wins over a template that matches it too.
+        assert_eq!(allowed("/v1/messages/export").as_deref(), Some("GET"));
+        assert_eq!(allowed("/v1/dead-letters/replay").as_deref(), Some("POST"));
         assert_eq!(
             allowed("/v1/suppressions/acme/a@b.test").as_deref(),
             Some("GET, DELETE")

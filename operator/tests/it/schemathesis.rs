@@ -424,11 +424,33 @@ async fn schemathesis_regression_other_methods_are_405_with_allow() {
             Some("GET, POST"),
         ),
         (
-            "DELETE",
+            "PUT",
             "/v1/dead-letters/replay".to_owned(),
             Some(&key),
             405,
-            Some("GET, POST"),
+            Some("POST"),
+        ),
+        (
+            "OPTIONS",
+            "/v1/messages/export".to_owned(),
+            Some(&key),
+            405,
+            Some("GET"),
+        ),
+        // Concrete paths that an `{id}` route would take for these methods.
+        (
+            "DELETE",
+            "/v1/messages/export".to_owned(),
+            Some(&key),
+            405,
+            Some("GET"),
+        ),
+        (
+            "GET",
+            "/v1/dead-letters/replay".to_owned(),
+            Some(&key),
+            405,
+            Some("POST"),
         ),
         (
             "POST",
