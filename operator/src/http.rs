@@ -276,7 +276,7 @@ type EventRow = (
     Option<String>,
 );
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     #[serde(rename = "type")]
     pub event_type: String,
@@ -293,7 +293,7 @@ pub struct EventView {
 
 /// What happened to an email, at a glance. Counts and first times are sums and minimums, so
 /// they do not depend on the order events arrived in.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SummaryView {
     pub status: String,
     pub provider: Option<String>,
@@ -308,7 +308,7 @@ pub struct SummaryView {
 }
 
 /// An email and its history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub request_id: String,
@@ -349,7 +349,7 @@ type MessageRow = (
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = uuid::Uuid, Path, description = "The email id")),
     responses(
-        (status = 200, description = "The email's summary and its events in timeline order", body = serde_json::Value),
+        (status = 200, description = "The email's summary and its events in timeline order", body = MessageView),
         (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
     ))]
 pub(crate) async fn message_history(
@@ -616,13 +616,13 @@ pub(crate) fn page_limit(text: Option<&str>) -> Result<i64, ApiError> {
 }
 
 /// One page of entries, and the cursor of the next (absent on the last page).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SuppressionPage {
     items: Vec<SuppressionView>,
     next: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SuppressionView {
     #[serde(flatten)]
     entry: Suppression,
@@ -679,7 +679,7 @@ fn canonical(address: &str) -> Result<String, String> {
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}` in (tenant, address) order", body = serde_json::Value),
+        (status = 200, description = "`{items, next}` in (tenant, address) order", body = SuppressionPage),
         (status = 400, description = "An invalid `limit` or `after`"),
     ))]
 pub(crate) async fn list_suppressions(
@@ -731,7 +731,7 @@ pub(crate) async fn list_suppressions(
         ("address" = String, Path, description = "The address, in any form (canonicalised)"),
     ),
     responses(
-        (status = 200, description = "The entry", body = serde_json::Value),
+        (status = 200, description = "The entry", body = SuppressionView),
         (status = 404, description = "Not suppressed, or another tenant's"),
     ))]
 pub(crate) async fn get_suppression(
@@ -781,7 +781,7 @@ const MAX_REASON_CHARS: usize = 200;
     request_body(content = NewSuppression, content_type = "application/json",
         description = "`{\"tenant\", \"address\", \"reason\"?, \"expires_at\"?}`"),
     responses(
-        (status = 201, description = "Added (or replaced)", body = serde_json::Value),
+        (status = 201, description = "Added (or replaced)", body = SuppressionView),
         (status = 400, description = "An unreadable body, an empty tenant, an invalid address or reason"),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Another tenant's (as if it did not exist)"),

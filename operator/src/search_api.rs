@@ -96,7 +96,8 @@ type Row = (
 );
 
 /// One email as the search and the export show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MessageItem)]
 struct Item {
     id: Uuid,
     request_id: String,
@@ -439,7 +440,9 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
-#[derive(Debug, Serialize)]
+/// A page of the search: `next` is the `after` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MessagePage)]
 struct Page {
     items: Vec<Item>,
     next: Option<String>,
@@ -459,7 +462,7 @@ struct Page {
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first by (`created_at`, `id`)", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first by (`created_at`, `id`)", body = Page),
         (status = 400, description = "An unknown parameter or an invalid value"),
     ))]
 pub(crate) async fn search(
