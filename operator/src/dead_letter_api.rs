@@ -107,9 +107,12 @@ impl Row {
 }
 
 /// A dead letter as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetter)]
 struct View {
     id: Uuid,
+    /// `open`, `replayed` or `discarded`.
+    #[schema(value_type = String, pattern = "^(open|replayed|discarded)$")]
     state: &'static str,
     source_queue: String,
     /// Whether it can be replayed: it came from a queue mailtrail consumes.
@@ -294,7 +297,9 @@ fn body_size() -> diesel::expression::SqlLiteral<Integer> {
     diesel::dsl::sql::<Integer>("octet_length(body)")
 }
 
-#[derive(Debug, Serialize)]
+/// A page of dead letters: `next` is the `after` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterPage)]
 struct Page {
     items: Vec<View>,
     next: Option<String>,
@@ -312,7 +317,7 @@ struct Page {
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = Page),
         (status = 400, description = "An unknown parameter or an invalid value"),
     ))]
 pub(crate) async fn list(
