@@ -2,8 +2,8 @@
 # The long schemathesis run against the operator's HTTP API: the same test as the short run in
 # the test command (operator/tests/it/schemathesis.rs: an operator binary on a database of its
 # own with seeded emails, dead letters and suppressions, an all-tenant admin key), with a large
-# budget, every check and the stateful phase (300 examples per operation took about 3 minutes on
-# the 2-core development machine; the default 1000, longer).
+# budget, every check and the stateful phase. With the default 1000 examples per operation it
+# made 16,719 requests in 8m26s on the 2-core development machine (300 examples: 3 minutes).
 #
 #   scripts/schemathesis-long.sh                        # 1000 examples per operation, a new seed
 #   MAILTRAIL_SCHEMATHESIS_SEED=42 scripts/schemathesis-long.sh   # repeat a run
