@@ -568,7 +568,7 @@ pub(crate) struct AuditQuery {
         ("before" = Option<i64>, Query, description = "An entry id: the page holds older entries (the `next` of the previous page)"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = AuditPage),
         (status = 400, description = "An invalid `limit` or `before`"),
         (status = 403, description = "A read key: the audit log needs an admin key"),
     ))]
@@ -593,7 +593,17 @@ pub(crate) async fn list_audit(
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": entries, "next": next})))
+    Ok(HttpResponse::Ok().json(AuditPage {
+        items: entries,
+        next,
+    }))
+}
+
+/// A page of the audit log: `next` is the `before` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
+    items: Vec<audit::AuditEntry>,
+    next: Option<i64>,
 }
 
 // Suppressions: per tenant, on canonical addresses. A read key may list and look up; adding and
