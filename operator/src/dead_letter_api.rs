@@ -759,7 +759,7 @@ pub(crate) async fn replay_one(
         ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many, 1–1000, default 1000"),
     ),
     responses(
-        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = serde_json::Value),
+        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = BulkReplay),
         (status = 400, description = "An unknown parameter or an invalid value"),
         (status = 403, description = "A read key: this needs an admin key"),
         (status = 503, description = "No broker session (or no database)"),
@@ -780,7 +780,12 @@ pub(crate) async fn replay_many(
         )));
     }
     let Some(mut filters) = Filters::read(&principal, &query)? else {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "more": false})));
+        // Nothing in the key's scope matches: the same answer as any replay of nothing.
+        return Ok(HttpResponse::Ok().json(BulkReplay {
+            replayed: 0,
+            queues: BTreeMap::new(),
+            more: false,
+        }));
     };
     if filters.state.is_some_and(|s| s != "open") {
         return Err(ApiError::BadRequest(
@@ -893,11 +898,22 @@ pub(crate) async fn replay_many(
     if replayed > 0 {
         tracing::info!(replayed, key = %principal.key_id, "dead letters replayed through the API");
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "replayed": replayed,
-        "queues": by_queue,
-        "more": more,
-    })))
+    Ok(HttpResponse::Ok().json(BulkReplay {
+        replayed,
+        queues: by_queue,
+        more,
+    }))
+}
+
+/// The answer of a bulk replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BulkReplay {
+    /// How many were replayed.
+    replayed: i64,
+    /// How many went back to each queue.
+    queues: BTreeMap<String, i64>,
+    /// Whether more matched than `limit`: call again for the rest.
+    more: bool,
 }
 
 /// The body of `POST /v1/dead-letters/{id}/discard`.

@@ -494,7 +494,7 @@ pub(crate) async fn message_history(
 #[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = uuid::Uuid, Path, description = "The email id")),
     responses(
-        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = serde_json::Value),
+        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = Cancelled),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
         (status = 409, description = "Its job was already handed to the dispatcher (the problem names its status)"),
@@ -546,11 +546,22 @@ pub(crate) async fn cancel_message(
     if changed {
         tracing::info!(email_id = %id, key = %principal.key_id, "email cancelled through the API");
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": id,
-        "status": "cancelled",
-        "changed": changed,
-    })))
+    Ok(HttpResponse::Ok().json(Cancelled {
+        id,
+        status: "cancelled",
+        changed,
+    }))
+}
+
+/// The answer of a cancel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Cancelled {
+    id: Uuid,
+    /// Always `cancelled`.
+    #[schema(value_type = String, pattern = "^cancelled$")]
+    status: &'static str,
+    /// False when it already was cancelled.
+    changed: bool,
 }
 
 #[derive(Debug, Deserialize)]

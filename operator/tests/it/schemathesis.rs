@@ -535,3 +535,31 @@ async fn schemathesis_regression_nul_characters_are_client_errors() {
     stop.cancel();
     handle.await.expect("operator");
 }
+
+/// Typing the bulk replay's answer showed that a replay out of the key's scope (a tenant key
+/// naming another tenant) answered `{replayed, more}` without the documented `queues`.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_regression_bulk_replay_out_of_scope_has_every_field() {
+    let world = World::new().await;
+    let (stop, handle, port) = world.start_operator_with_port().await;
+    let pool = world.pool();
+    let mut conn = pool.get().await.expect("db");
+    let (_, acme) = keys::create(&mut conn, "acme", Some("acme"), Role::Admin)
+        .await
+        .expect("key");
+    let (status, _, body) = raw(
+        port,
+        "POST",
+        "/v1/dead-letters/replay?tenant=globex",
+        Some(&acme),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        body,
+        serde_json::json!({"replayed": 0, "queues": {}, "more": false})
+    );
+    stop.cancel();
+    handle.await.expect("operator");
+}
