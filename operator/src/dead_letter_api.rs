@@ -655,7 +655,7 @@ async fn publisher(state: &ApiState) -> Result<Publisher, ApiError> {
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
     responses(
-        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = serde_json::Value),
+        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = ReplayedOne),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
         (status = 409, description = "Discarded, or its source is not a queue mailtrail consumes"),
@@ -727,23 +727,25 @@ pub(crate) async fn replay_one(
             "dead letter {id} came from {source:?}, which is not a queue mailtrail consumes; \
              it cannot be replayed"
         ))),
-        Replayed::Already(row) => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "id": id,
-            "replayed": true,
-            "already_replayed": true,
-            "replayed_at": row.replayed_at,
-            "replay_count": row.replay_count,
-        }))),
+        Replayed::Already(row) => Ok(HttpResponse::Ok().json(ReplayedOne {
+            id,
+            replayed: true,
+            already_replayed: true,
+            queue: None,
+            replayed_at: row.replayed_at,
+            replay_count: row.replay_count,
+        })),
         Replayed::Now(row, queue) => {
             tracing::info!(dead_letter_id = %id, %queue, key = %principal.key_id,
                 "dead letter replayed through the API");
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "id": id,
-                "replayed": true,
-                "already_replayed": false,
-                "queue": queue,
-                "replay_count": row.replay_count + 1,
-            })))
+            Ok(HttpResponse::Ok().json(ReplayedOne {
+                id,
+                replayed: true,
+                already_replayed: false,
+                queue: Some(queue),
+                replayed_at: None,
+                replay_count: row.replay_count + 1,
+            }))
         }
     }
 }
@@ -905,6 +907,34 @@ pub(crate) async fn replay_many(
     }))
 }
 
+/// The answer of a replay: `queue` when it was replayed now, `replayed_at` when it had been.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayedOne {
+    id: Uuid,
+    /// Always true.
+    replayed: bool,
+    already_replayed: bool,
+    /// Where it was published, on this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<String>,
+    /// When it was replayed, on a second call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed_at: Option<DateTime<Utc>>,
+    replay_count: i32,
+}
+
+/// The answer of a discard.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Discarded {
+    id: Uuid,
+    /// Always `discarded`.
+    #[schema(value_type = String, pattern = "^discarded$")]
+    state: &'static str,
+    /// False when it already was discarded.
+    changed: bool,
+    discard_reason: Option<String>,
+}
+
 /// The answer of a bulk replay.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct BulkReplay {
@@ -929,7 +959,7 @@ pub(crate) struct Discard {
     request_body(content = Discard, content_type = "application/json",
         description = "`{\"reason\"}`, 1–500 characters"),
     responses(
-        (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),
+        (status = 200, description = "`{id, state: \"discarded\", changed, discard_reason}`", body = Discarded),
         (status = 400, description = "An unreadable body or an invalid reason"),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
@@ -1003,12 +1033,16 @@ pub(crate) async fn discard(
                 tracing::info!(dead_letter_id = %id, key = %principal.key_id,
                     "dead letter discarded through the API");
             }
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "id": id,
-                "state": "discarded",
-                "changed": changed,
-                "discard_reason": if changed { Some(reason.to_owned()) } else { row.discard_reason },
-            })))
+            Ok(HttpResponse::Ok().json(Discarded {
+                id,
+                state: "discarded",
+                changed,
+                discard_reason: if changed {
+                    Some(reason.to_owned())
+                } else {
+                    row.discard_reason
+                },
+            }))
         }
     }
 }
