@@ -67,6 +67,12 @@ export MAILTRAIL_EXAMPLES_PYTHON="$PWD/target/examples-venv/bin/python"
 step "browser test's dependencies (Chromium, playwright-core)"
 bash scripts/ensure-browser-deps.sh
 
+# The short schemathesis run (operator/tests/it/schemathesis.rs) uses this; the long one is
+# scripts/schemathesis-long.sh.
+step "schemathesis"
+bash scripts/ensure-schemathesis.sh
+export MAILTRAIL_SCHEMATHESIS="$PWD/target/schemathesis-venv/bin/schemathesis"
+
 # A clean build needs a few GiB of disk; say so plainly instead of failing deep in rustc.
 free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
 if [[ -n $free_kib && $free_kib -lt 4194304 ]]; then

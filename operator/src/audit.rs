@@ -58,7 +58,7 @@ pub async fn record(
 }
 
 /// One entry as the API shows it.
-#[derive(Debug, Serialize, QueryableByName)]
+#[derive(Debug, Serialize, QueryableByName, utoipa::ToSchema)]
 pub struct AuditEntry {
     #[diesel(sql_type = BigInt)]
     pub id: i64,

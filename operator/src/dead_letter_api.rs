@@ -107,9 +107,12 @@ impl Row {
 }
 
 /// A dead letter as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetter)]
 struct View {
     id: Uuid,
+    /// `open`, `replayed` or `discarded`.
+    #[schema(value_type = String, pattern = "^(open|replayed|discarded)$")]
     state: &'static str,
     source_queue: String,
     /// Whether it can be replayed: it came from a queue mailtrail consumes.
@@ -294,7 +297,9 @@ fn body_size() -> diesel::expression::SqlLiteral<Integer> {
     diesel::dsl::sql::<Integer>("octet_length(body)")
 }
 
-#[derive(Debug, Serialize)]
+/// A page of dead letters: `next` is the `after` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLetterPage)]
 struct Page {
     items: Vec<View>,
     next: Option<String>,
@@ -305,14 +310,14 @@ struct Page {
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
         ("reason" = Option<String>, Query, description = "The reason it was set aside"),
         ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, pattern = "^(open|replayed|discarded)$", description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first by `first_seen_at`", body = Page),
         (status = 400, description = "An unknown parameter or an invalid value"),
     ))]
 pub(crate) async fn list(
@@ -650,7 +655,7 @@ async fn publisher(state: &ApiState) -> Result<Publisher, ApiError> {
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/replay", tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
     responses(
-        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = serde_json::Value),
+        (status = 200, description = "`{id, replayed, already_replayed, queue, replay_count}`; a second replay publishes nothing", body = ReplayedOne),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
         (status = 409, description = "Discarded, or its source is not a queue mailtrail consumes"),
@@ -722,23 +727,25 @@ pub(crate) async fn replay_one(
             "dead letter {id} came from {source:?}, which is not a queue mailtrail consumes; \
              it cannot be replayed"
         ))),
-        Replayed::Already(row) => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "id": id,
-            "replayed": true,
-            "already_replayed": true,
-            "replayed_at": row.replayed_at,
-            "replay_count": row.replay_count,
-        }))),
+        Replayed::Already(row) => Ok(HttpResponse::Ok().json(ReplayedOne {
+            id,
+            replayed: true,
+            already_replayed: true,
+            queue: None,
+            replayed_at: row.replayed_at,
+            replay_count: row.replay_count,
+        })),
         Replayed::Now(row, queue) => {
             tracing::info!(dead_letter_id = %id, %queue, key = %principal.key_id,
                 "dead letter replayed through the API");
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "id": id,
-                "replayed": true,
-                "already_replayed": false,
-                "queue": queue,
-                "replay_count": row.replay_count + 1,
-            })))
+            Ok(HttpResponse::Ok().json(ReplayedOne {
+                id,
+                replayed: true,
+                already_replayed: false,
+                queue: Some(queue),
+                replayed_at: None,
+                replay_count: row.replay_count + 1,
+            }))
         }
     }
 }
@@ -748,13 +755,13 @@ pub(crate) async fn replay_one(
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
         ("reason" = Option<String>, Query, description = "The reason it was set aside"),
         ("source_queue" = Option<String>, Query, description = "The queue it was taken from"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `first_seen_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("state" = Option<String>, Query, description = "`open`, `replayed` or `discarded`"),
-        ("limit" = Option<i64>, Query, description = "At most this many, 1–1000, default 1000"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `first_seen_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("state" = Option<String>, Query, pattern = "^(open|replayed|discarded)$", description = "`open`, `replayed` or `discarded`"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many, 1–1000, default 1000"),
     ),
     responses(
-        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = serde_json::Value),
+        (status = 200, description = "`{replayed, queues, more}`: the open matches replayed, oldest first", body = BulkReplay),
         (status = 400, description = "An unknown parameter or an invalid value"),
         (status = 403, description = "A read key: this needs an admin key"),
         (status = 503, description = "No broker session (or no database)"),
@@ -775,7 +782,12 @@ pub(crate) async fn replay_many(
         )));
     }
     let Some(mut filters) = Filters::read(&principal, &query)? else {
-        return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "more": false})));
+        // Nothing in the key's scope matches: the same answer as any replay of nothing.
+        return Ok(HttpResponse::Ok().json(BulkReplay {
+            replayed: 0,
+            queues: BTreeMap::new(),
+            more: false,
+        }));
     };
     if filters.state.is_some_and(|s| s != "open") {
         return Err(ApiError::BadRequest(
@@ -888,24 +900,66 @@ pub(crate) async fn replay_many(
     if replayed > 0 {
         tracing::info!(replayed, key = %principal.key_id, "dead letters replayed through the API");
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "replayed": replayed,
-        "queues": by_queue,
-        "more": more,
-    })))
+    Ok(HttpResponse::Ok().json(BulkReplay {
+        replayed,
+        queues: by_queue,
+        more,
+    }))
 }
 
-#[derive(Debug, Deserialize)]
-struct Discard {
+/// The answer of a replay: `queue` when it was replayed now, `replayed_at` when it had been.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReplayedOne {
+    id: Uuid,
+    /// Always true.
+    replayed: bool,
+    already_replayed: bool,
+    /// Where it was published, on this call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<String>,
+    /// When it was replayed, on a second call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replayed_at: Option<DateTime<Utc>>,
+    replay_count: i32,
+}
+
+/// The answer of a discard.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Discarded {
+    id: Uuid,
+    /// Always `discarded`.
+    #[schema(value_type = String, pattern = "^discarded$")]
+    state: &'static str,
+    /// False when it already was discarded.
+    changed: bool,
+    discard_reason: Option<String>,
+}
+
+/// The answer of a bulk replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BulkReplay {
+    /// How many were replayed.
+    replayed: i64,
+    /// How many went back to each queue.
+    queues: BTreeMap<String, i64>,
+    /// Whether more matched than `limit`: call again for the rest.
+    more: bool,
+}
+
+/// The body of `POST /v1/dead-letters/{id}/discard`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct Discard {
+    /// Why, for the record: 1 to 500 characters.
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
 #[utoipa::path(post, path = "/v1/dead-letters/{id}/discard", tag = "dead letters",
     params(("id" = uuid::Uuid, Path, description = "The dead letter id")),
-    request_body(content = serde_json::Value, content_type = "application/json",
+    request_body(content = Discard, content_type = "application/json",
         description = "`{\"reason\"}`, 1–500 characters"),
     responses(
-        (status = 200, description = "`{id, state: \"discarded\", changed}`", body = serde_json::Value),
+        (status = 200, description = "`{id, state: \"discarded\", changed, discard_reason}`", body = Discarded),
         (status = 400, description = "An unreadable body or an invalid reason"),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or out of the key's scope"),
@@ -979,12 +1033,16 @@ pub(crate) async fn discard(
                 tracing::info!(dead_letter_id = %id, key = %principal.key_id,
                     "dead letter discarded through the API");
             }
-            Ok(HttpResponse::Ok().json(serde_json::json!({
-                "id": id,
-                "state": "discarded",
-                "changed": changed,
-                "discard_reason": if changed { Some(reason.to_owned()) } else { row.discard_reason },
-            })))
+            Ok(HttpResponse::Ok().json(Discarded {
+                id,
+                state: "discarded",
+                changed,
+                discard_reason: if changed {
+                    Some(reason.to_owned())
+                } else {
+                    row.discard_reason
+                },
+            }))
         }
     }
 }

@@ -81,6 +81,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Conflict(String),
+    /// A documented path asked with a method it does not serve; the methods it does serve.
+    #[error("this path does not serve this method; it serves {}", .0.join(", "))]
+    MethodNotAllowed(Vec<String>),
     #[error("the database is unavailable; try again shortly")]
     Unavailable(#[source] anyhow::Error),
     #[error("the broker is unavailable; try again shortly")]
@@ -95,6 +98,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) | ApiError::BrokerUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -111,6 +115,9 @@ impl ResponseError for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if let ApiError::MethodNotAllowed(allowed) = self {
+            response.insert_header(("Allow", allowed.join(", ")));
+        }
         response.json(crate::openapi::Problem {
             problem_type: "about:blank".to_owned(),
             title: status.canonical_reason().unwrap_or("error").to_owned(),
@@ -123,6 +130,7 @@ impl ResponseError for ApiError {
 /// Registers every route on an actix `App`.
 pub fn routes(config: &mut web::ServiceConfig) {
     config
+        .default_service(web::to(unmatched))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route(mailtrail_runtime::METRICS_PATH, web::get().to(metrics))
@@ -138,7 +146,16 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .configure(crate::page::routes)
         .service(
             web::scope("/v1")
+                // Both run after the key check (the last `wrap` runs first).
+                .wrap(from_fn(reject_nul))
+                .wrap(from_fn(documented_method))
                 .wrap(from_fn(require_api_key))
+                // A query string a handler's type cannot take (`limit=abc`, a number too large)
+                // is a 400 problem like every other error, not actix's plain-text answer.
+                .app_data(web::QueryConfig::default().error_handler(|error, _| {
+                    ApiError::BadRequest(format!("invalid query string: {error}")).into()
+                }))
+                .default_service(web::to(unmatched))
                 .configure(crate::dead_letter_api::routes)
                 .configure(crate::search_api::routes)
                 .configure(crate::stats_api::routes)
@@ -158,6 +175,51 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     web::delete().to(remove_suppression),
                 ),
         );
+}
+
+/// What a request no route takes gets, as a problem: 405 with `Allow` on a documented path asked
+/// with another method (`openapi::allowed_methods`), else 404. Under `/v1` only with a key.
+async fn unmatched(request: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(match crate::openapi::allowed_methods(request.path()) {
+        Some(allowed) => ApiError::MethodNotAllowed(allowed),
+        None => ApiError::NotFound(format!("no such path: {:?}", request.path())),
+    })
+}
+
+/// A method the document does not list for a path is a 405 (with `Allow`) even where a route
+/// would take it: `/v1/messages/export` is a path of its own, so a DELETE there is not a cancel
+/// of an email with id `export` (a 404), and `GET /v1/dead-letters/replay` is not a look-up.
+async fn documented_method(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if let Some(allowed) = crate::openapi::allowed_methods(request.path())
+        && !allowed.iter().any(|m| m == request.method().as_str())
+    {
+        return Err(ApiError::MethodNotAllowed(allowed).into());
+    }
+    next.call(request).await
+}
+
+/// PostgreSQL text cannot hold NUL, so no tenant, address, tag or other value with one exists or
+/// can be stored, and a query given one fails (it was a 503). A NUL (`%00`) in the path of a
+/// `/v1` request is a 404 (nothing has that name), in its query string a 400, before any handler
+/// sees it. JSON bodies are checked by their handlers.
+async fn reject_nul(
+    request: ServiceRequest,
+    next: Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let nul = |text: &str| text.contains("%00");
+    if nul(request.path()) {
+        return Err(ApiError::NotFound(format!("nothing named {:?}", request.path())).into());
+    }
+    if nul(request.query_string()) {
+        return Err(ApiError::BadRequest(
+            "a query parameter contains a NUL character (%00), which no value can hold".into(),
+        )
+        .into());
+    }
+    next.call(request).await
 }
 
 /// The middleware every `/v1` request passes: a valid, unrevoked key, or (without an
@@ -246,7 +308,7 @@ type EventRow = (
     Option<String>,
 );
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     #[serde(rename = "type")]
     pub event_type: String,
@@ -263,7 +325,7 @@ pub struct EventView {
 
 /// What happened to an email, at a glance. Counts and first times are sums and minimums, so
 /// they do not depend on the order events arrived in.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SummaryView {
     pub status: String,
     pub provider: Option<String>,
@@ -278,7 +340,7 @@ pub struct SummaryView {
 }
 
 /// An email and its history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub request_id: String,
@@ -319,7 +381,7 @@ type MessageRow = (
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = uuid::Uuid, Path, description = "The email id")),
     responses(
-        (status = 200, description = "The email's summary and its events in timeline order", body = serde_json::Value),
+        (status = 200, description = "The email's summary and its events in timeline order", body = MessageView),
         (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
     ))]
 pub(crate) async fn message_history(
@@ -464,7 +526,7 @@ pub(crate) async fn message_history(
 #[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages",
     params(("id" = uuid::Uuid, Path, description = "The email id")),
     responses(
-        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = serde_json::Value),
+        (status = 200, description = "Cancelled: `{id, status: \"cancelled\", changed}` (`changed` false when it already was)", body = Cancelled),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Unknown, or another tenant's (never 403 for another tenant)"),
         (status = 409, description = "Its job was already handed to the dispatcher (the problem names its status)"),
@@ -516,11 +578,22 @@ pub(crate) async fn cancel_message(
     if changed {
         tracing::info!(email_id = %id, key = %principal.key_id, "email cancelled through the API");
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": id,
-        "status": "cancelled",
-        "changed": changed,
-    })))
+    Ok(HttpResponse::Ok().json(Cancelled {
+        id,
+        status: "cancelled",
+        changed,
+    }))
+}
+
+/// The answer of a cancel.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Cancelled {
+    id: Uuid,
+    /// Always `cancelled`.
+    #[schema(value_type = String, pattern = "^cancelled$")]
+    status: &'static str,
+    /// False when it already was cancelled.
+    changed: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -534,11 +607,11 @@ pub(crate) struct AuditQuery {
 /// its tenant's entries only. `next` is the `before` of the following page.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     params(
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("before" = Option<i64>, Query, description = "An entry id: the page holds older entries (the `next` of the previous page)"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first; a tenant key sees its tenant's entries only", body = AuditPage),
         (status = 400, description = "An invalid `limit` or `before`"),
         (status = 403, description = "A read key: the audit log needs an admin key"),
     ))]
@@ -563,7 +636,17 @@ pub(crate) async fn list_audit(
     let next = (entries.len() as i64 == limit)
         .then(|| entries.last().map(|e| e.id))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"items": entries, "next": next})))
+    Ok(HttpResponse::Ok().json(AuditPage {
+        items: entries,
+        next,
+    }))
+}
+
+/// A page of the audit log: `next` is the `before` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct AuditPage {
+    items: Vec<audit::AuditEntry>,
+    next: Option<i64>,
 }
 
 // Suppressions: per tenant, on canonical addresses. A read key may list and look up; adding and
@@ -586,13 +669,13 @@ pub(crate) fn page_limit(text: Option<&str>) -> Result<i64, ApiError> {
 }
 
 /// One page of entries, and the cursor of the next (absent on the last page).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SuppressionPage {
     items: Vec<SuppressionView>,
     next: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SuppressionView {
     #[serde(flatten)]
     entry: Suppression,
@@ -645,11 +728,11 @@ fn canonical(address: &str) -> Result<String, String> {
 #[utoipa::path(get, path = "/v1/suppressions", tag = "suppressions",
     params(
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's answers an empty page)"),
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}` in (tenant, address) order", body = serde_json::Value),
+        (status = 200, description = "`{items, next}` in (tenant, address) order", body = SuppressionPage),
         (status = 400, description = "An invalid `limit` or `after`"),
     ))]
 pub(crate) async fn list_suppressions(
@@ -701,7 +784,7 @@ pub(crate) async fn list_suppressions(
         ("address" = String, Path, description = "The address, in any form (canonicalised)"),
     ),
     responses(
-        (status = 200, description = "The entry", body = serde_json::Value),
+        (status = 200, description = "The entry", body = SuppressionView),
         (status = 404, description = "Not suppressed, or another tenant's"),
     ))]
 pub(crate) async fn get_suppression(
@@ -729,21 +812,29 @@ pub(crate) async fn get_suppression(
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct NewSuppression {
+/// The body of `POST /v1/suppressions`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewSuppression {
+    /// Not empty.
+    #[schema(min_length = 1, example = "acme")]
     tenant: String,
+    /// An email address, in any form (canonicalised).
+    #[schema(example = "ann@example.com")]
     address: String,
+    /// 1 to 200 characters (default `manual`).
+    #[schema(min_length = 1, max_length = 200)]
     reason: Option<String>,
+    /// When the entry stops suppressing mail (RFC 3339); never by default.
     expires_at: Option<DateTime<Utc>>,
 }
 
 const MAX_REASON_CHARS: usize = 200;
 
 #[utoipa::path(post, path = "/v1/suppressions", tag = "suppressions",
-    request_body(content = serde_json::Value, content_type = "application/json",
+    request_body(content = NewSuppression, content_type = "application/json",
         description = "`{\"tenant\", \"address\", \"reason\"?, \"expires_at\"?}`"),
     responses(
-        (status = 201, description = "Added (or replaced)", body = serde_json::Value),
+        (status = 201, description = "Added (or replaced)", body = SuppressionView),
         (status = 400, description = "An unreadable body, an empty tenant, an invalid address or reason"),
         (status = 403, description = "A read key (on data it can see; another tenant's is a 404): this needs an admin key"),
         (status = 404, description = "Another tenant's (as if it did not exist)"),
@@ -760,6 +851,12 @@ pub(crate) async fn add_suppression(
     })?;
     if new.tenant.trim().is_empty() {
         return Err(ApiError::BadRequest("tenant is empty".into()));
+    }
+    // The database cannot store a NUL (passing one was a 503).
+    if new.tenant.contains('\0') || new.reason.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "tenant and reason may not contain NUL characters".into(),
+        ));
     }
     // Another tenant answers like an unknown one: a key learns nothing about tenants it
     // cannot see.

@@ -156,6 +156,53 @@ impl Modify for Rules {
     }
 }
 
+/// The methods the document lists for a request path, upper case, or `None` when no documented
+/// path matches it (a `{parameter}` matches one non-empty segment). As in OpenAPI, a concrete
+/// path wins over a templated one (`/v1/messages/export` is not `/v1/messages/{id}`), and the
+/// fewer parameters the better. For the `Allow` header of a 405.
+pub fn allowed_methods(path: &str) -> Option<Vec<String>> {
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    static TEMPLATES: std::sync::OnceLock<Vec<(String, Vec<String>)>> = std::sync::OnceLock::new();
+    let templates = TEMPLATES.get_or_init(|| {
+        let document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        document["paths"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(template, item)| {
+                let allowed = METHODS
+                    .iter()
+                    .filter(|m| item.get(**m).is_some())
+                    .map(|m| m.to_uppercase())
+                    .collect();
+                (template.clone(), allowed)
+            })
+            .collect()
+    });
+    // The number of parameters a template needs to match the path, if it does.
+    let parameters = |template: &str| {
+        let (mut wanted, mut given) = (template.split('/'), path.split('/'));
+        let mut parameters = 0;
+        loop {
+            match (wanted.next(), given.next()) {
+                (None, None) => return Some(parameters),
+                (Some(w), Some(g)) if w.starts_with('{') && w.ends_with('}') && !g.is_empty() => {
+                    parameters += 1;
+                }
+                (Some(w), Some(g)) if w == g => {}
+                _ => return None,
+            }
+        }
+    };
+    templates
+        .iter()
+        .filter_map(|(template, methods)| parameters(template).map(|n| (n, methods)))
+        .min_by_key(|(n, _)| *n)
+        .map(|(_, methods)| methods.clone())
+}
+
 /// `GET /v1/openapi.json`: this document.
 #[utoipa::path(
     get,
@@ -209,6 +256,28 @@ mod tests {
                 "count resources here too"
             );
         }
+    }
+
+    #[test]
+    fn allowed_methods_come_from_the_document() {
+        let allowed = |path: &str| allowed_methods(path).map(|m| m.join(", "));
+        assert_eq!(allowed("/healthz").as_deref(), Some("GET"));
+        assert_eq!(allowed("/v1/messages/abc").as_deref(), Some("GET, DELETE"));
+        // A concrete path wins over a template that matches it too.
+        assert_eq!(allowed("/v1/messages/export").as_deref(), Some("GET"));
+        assert_eq!(allowed("/v1/dead-letters/replay").as_deref(), Some("POST"));
+        assert_eq!(
+            allowed("/v1/suppressions/acme/a@b.test").as_deref(),
+            Some("GET, DELETE")
+        );
+        assert_eq!(allowed("/v1/suppressions").as_deref(), Some("GET, POST"));
+        assert_eq!(
+            allowed("/v1/dead-letters/x/replay").as_deref(),
+            Some("POST")
+        );
+        assert_eq!(allowed("/v1/messages/"), None);
+        assert_eq!(allowed("/v1/nothing"), None);
+        assert_eq!(allowed("/"), None);
     }
 
     #[test]

@@ -96,7 +96,8 @@ type Row = (
 );
 
 /// One email as the search and the export show it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MessageItem)]
 struct Item {
     id: Uuid,
     request_id: String,
@@ -439,7 +440,9 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, Uuid)> {
     ))
 }
 
-#[derive(Debug, Serialize)]
+/// A page of the search: `next` is the `after` of the following page, null on the last.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MessagePage)]
 struct Page {
     items: Vec<Item>,
     next: Option<String>,
@@ -453,13 +456,13 @@ struct Page {
         ("tag" = Option<Vec<String>>, Query, description = "Repeatable; all must be present"),
         ("metadata.{key}" = Option<String>, Query, description = "`metadata.<key>=<value>`, repeatable; all must match"),
         ("request_id" = Option<String>, Query, description = "The app's request key"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `created_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("limit" = Option<i64>, Query, description = "1–500, default 50"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `created_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 500, description = "1–500, default 50"),
         ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
     ),
     responses(
-        (status = 200, description = "`{items, next}`, newest first by (`created_at`, `id`)", body = serde_json::Value),
+        (status = 200, description = "`{items, next}`, newest first by (`created_at`, `id`)", body = Page),
         (status = 400, description = "An unknown parameter or an invalid value"),
     ))]
 pub(crate) async fn search(
@@ -520,15 +523,15 @@ enum Progress {
 
 #[utoipa::path(get, path = "/v1/messages/export", tag = "messages",
     params(
-        ("format" = String, Query, description = "`ndjson` or `csv`"),
+        ("format" = String, Query, pattern = "^(ndjson|csv)$", description = "`ndjson` or `csv`"),
         ("recipient" = Option<String>, Query, description = "Any form of the address (matched canonically)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant (another tenant than a scoped key's matches nothing)"),
         ("status" = Option<String>, Query, description = "One of the statuses (`docs/history.md`)"),
         ("tag" = Option<Vec<String>>, Query, description = "Repeatable; all must be present"),
         ("metadata.{key}" = Option<String>, Query, description = "`metadata.<key>=<value>`, repeatable; all must match"),
         ("request_id" = Option<String>, Query, description = "The app's request key"),
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive, on `created_at`"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive, on `created_at`"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive"),
     ),
     responses(
         (status = 200, description = "Every match, newest first, as an attachment", content(

@@ -19,7 +19,9 @@ use crate::db::with_deadline;
 use crate::http::{ApiError, ApiState};
 use crate::keys::Principal;
 use actix_web::{HttpResponse, web};
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Offset, SecondsFormat, TimeDelta, Utc};
+use chrono::{
+    DateTime, Datelike, FixedOffset, NaiveDateTime, Offset, SecondsFormat, TimeDelta, Utc,
+};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp, Timestamptz};
 use diesel_async::RunQueryDsl;
@@ -40,8 +42,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 /// The size of a bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = StatsBucketSize)]
 pub enum Bucket {
     Hour,
     Day,
@@ -113,6 +116,16 @@ impl Params {
         };
         let until = time("until")?.unwrap_or(now);
         let since = time("since")?.unwrap_or(until - TimeDelta::days(DEFAULT_SPAN_DAYS));
+        // The answer repeats both in UTC, as RFC 3339, which has years 0000 to 9999 only:
+        // `0000-01-01T00:00:00+14:00` is a valid input whose UTC instant is in year -1.
+        if [since, until]
+            .iter()
+            .any(|t| !(0..=9999).contains(&t.year()))
+        {
+            return Err(ApiError::BadRequest(
+                "since and until must fall within the years 0000 to 9999 in UTC".into(),
+            ));
+        }
         if since >= until {
             return Err(ApiError::BadRequest(
                 "since must be earlier than until".into(),
@@ -156,22 +169,27 @@ fn zero_counts() -> Counts {
 }
 
 /// Opens and clicks a provider said a machine made.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsMachine)]
 struct Machine {
     opened: i64,
     clicked: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsBucket)]
 struct BucketView {
     /// The bucket's first instant, in the asked time zone.
     start: String,
+    /// Events per type, every type (zero included).
+    #[schema(value_type = BTreeMap<String, i64>)]
     counts: Counts,
     machine: Machine,
 }
 
 /// Unique emails of a cohort that ever had each outcome.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsCohortCounts)]
 struct CohortCounts {
     dispatched: i64,
     delivered: i64,
@@ -205,7 +223,8 @@ impl CohortCounts {
 }
 
 /// Each outcome's unique emails over the cohort's dispatched emails (`null` for an empty one).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsRates)]
 struct Rates {
     delivered: Option<f64>,
     bounced: Option<f64>,
@@ -214,7 +233,8 @@ struct Rates {
     clicked: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsCohort)]
 struct CohortView {
     start: String,
     #[serde(flatten)]
@@ -224,7 +244,8 @@ struct CohortView {
     rates: Rates,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsTotalCohort)]
 struct TotalCohort {
     #[serde(flatten)]
     counts: CohortCounts,
@@ -232,14 +253,18 @@ struct TotalCohort {
     rates: Rates,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StatsTotals)]
 struct Totals {
+    #[schema(value_type = BTreeMap<String, i64>)]
     counts: Counts,
     machine: Machine,
     cohort: TotalCohort,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer of `GET /v1/stats`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Stats)]
 struct StatsView {
     since: DateTime<Utc>,
     until: DateTime<Utc>,
@@ -387,14 +412,14 @@ fn start_in_zone(local: NaiveDateTime, start: DateTime<Utc>) -> String {
 
 #[utoipa::path(get, path = "/v1/stats", tag = "stats",
     params(
-        ("since" = Option<String>, Query, description = "RFC 3339, inclusive (default: 7 days before `until`)"),
-        ("until" = Option<String>, Query, description = "RFC 3339, exclusive (default: now)"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339, inclusive (default: 7 days before `until`)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "RFC 3339, exclusive (default: now)"),
         ("tenant" = Option<String>, Query, description = "Only this tenant"),
-        ("bucket" = Option<String>, Query, description = "`hour` or `day` (default)"),
+        ("bucket" = Option<String>, Query, pattern = "^(hour|day)$", description = "`hour` or `day` (default)"),
         ("tz" = Option<String>, Query, description = "An IANA time zone, default `UTC`"),
     ),
     responses(
-        (status = 200, description = "Event counts per bucket and dispatch cohorts with rates", body = serde_json::Value),
+        (status = 200, description = "Event counts per bucket and dispatch cohorts with rates", body = StatsView),
         (status = 400, description = "An unknown `bucket` or `tz`, an unreadable time or too long a period"),
         (status = 404, description = "Another tenant than a scoped key's"),
     ))]
@@ -573,6 +598,29 @@ mod tests {
         assert_eq!(params.bucket, Bucket::Day);
         assert_eq!(params.tz, "UTC");
         assert_eq!(params.tenant, None);
+    }
+
+    /// Found by hand while typing the answer's schema: the answer repeated `since` in UTC as
+    /// `-0001-12-31T10:00:00Z`, which is no RFC 3339 date-time.
+    #[test]
+    fn times_outside_rfc_3339_years_in_utc_are_refused() {
+        for pairs in [
+            &[
+                ("since", "0000-01-01T00:00:00+14:00"),
+                ("until", "0000-01-03T00:00:00Z"),
+            ][..],
+            // The default `since`, 7 days before `until`, would be in year -1.
+            &[("until", "0000-01-03T00:00:00Z")][..],
+            &[("until", "9999-12-31T23:00:00-12:00")][..],
+        ] {
+            let params = Params::read(&key(None), &query(pairs), now());
+            assert!(matches!(params, Err(ApiError::BadRequest(_))), "{pairs:?}");
+        }
+        let edge = [
+            ("since", "0000-01-01T00:00:00Z"),
+            ("until", "0000-01-02T00:00:00Z"),
+        ];
+        assert!(Params::read(&key(None), &query(&edge), now()).is_ok());
     }
 
     #[test]

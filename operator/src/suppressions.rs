@@ -46,7 +46,7 @@ pub const UNSUBSCRIBE: &str = "unsubscribe";
 pub const SOFT_BOUNCES: &str = "soft_bounces";
 
 /// One entry, as stored and as the API shows it.
-#[derive(Debug, Clone, Serialize, Queryable, Selectable)]
+#[derive(Debug, Clone, Serialize, Queryable, Selectable, utoipa::ToSchema)]
 #[diesel(table_name = suppressions)]
 pub struct Suppression {
     pub tenant: String,

@@ -19,6 +19,7 @@ mod openapi;
 mod reconnect;
 mod retention;
 mod scheduling;
+mod schemathesis;
 mod search;
 mod session;
 mod several_operators;
