@@ -75,7 +75,9 @@ impl Breaker {
         let was_open = matches!(*state, State::Open { .. });
         let next = match (result, *state) {
             // The provider answered about the message: it is up.
-            (Ok(()) | Err(SendError::Rejected { .. }), _) => State::Closed { failures: 0 },
+            (Ok(()) | Err(SendError::Rejected { .. } | SendError::Deferred(_)), _) => {
+                State::Closed { failures: 0 }
+            }
             (Err(SendError::ProviderDown(_)), State::Open { last_probe }) => {
                 State::Open { last_probe }
             }
@@ -110,6 +112,29 @@ mod tests {
 
     fn transient() -> SendError {
         SendError::Transient("503".into())
+    }
+
+    #[test]
+    fn deferred_messages_are_answers_and_never_open_the_breaker() {
+        let breaker = Breaker::new(3, Duration::from_secs(10));
+        let now = Instant::now();
+        let deferred = SendError::Deferred("450 4.2.0 greylisted".into());
+        // Two failures, then a message deferred by a working server: the count starts over.
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        assert_eq!(breaker.record(&Err(&deferred), now), Change::None);
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        for _ in 0..20 {
+            assert_eq!(breaker.record(&Err(&deferred), now), Change::None);
+        }
+        assert!(!breaker.is_open());
+        // A third failure in a row (counted from the last answer) opens it.
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::None);
+        assert_eq!(breaker.record(&Err(&transient()), now), Change::Opened);
+        // And a deferral answered to a probe closes it: the server is back.
+        assert_eq!(breaker.record(&Err(&deferred), now), Change::Closed);
     }
 
     #[test]

@@ -652,7 +652,8 @@ impl Attempt {
 ///
 /// | what happened                                          | when              | outcome      |
 /// |--------------------------------------------------------|-------------------|--------------|
-/// | 4xx reply                                              | any step          | Transient    |
+/// | 4xx reply (421: the service is closing)                | connection set-up, or 421 at any step | Transient |
+/// | 4xx reply                                              | transaction       | Deferred (retried; the breaker sees a working server) |
 /// | 5xx reply to the greeting, EHLO, STARTTLS or AUTH      | connection set-up | ProviderDown |
 /// | 530 / 534 / 535 (AUTH required, too weak, invalid)     | any step          | ProviderDown |
 /// | 5xx reply to MAIL, RCPT or DATA                        | transaction       | Rejected (bounced when the mailbox does not exist) |
@@ -682,6 +683,9 @@ fn classify(error: &lettre::transport::smtp::Error, phase: Phase) -> Attempt {
                 reason: text,
             })
         }
+    } else if error.is_transient() && phase == Phase::Transaction && code != "421" {
+        // The server works and defers this message (greylisting, a full mailbox).
+        Attempt::Reply(SendError::Deferred(text))
     } else if error.is_transient() {
         Attempt::Reply(SendError::Transient(text))
     } else if error.is_client() && phase == Phase::Connection {

@@ -279,7 +279,7 @@ impl Dispatcher {
                 reason,
                 provider_down: true,
             },
-            Err(SendError::Transient(reason))
+            Err(SendError::Transient(reason) | SendError::Deferred(reason))
                 if job.counted_attempts() >= self.retry.max_attempts =>
             {
                 OutcomeKind::Failed {
@@ -290,10 +290,12 @@ impl Dispatcher {
                     exhausted: true,
                 }
             }
-            Err(SendError::Transient(reason)) => OutcomeKind::Deferred {
-                reason,
-                provider_down: false,
-            },
+            Err(SendError::Transient(reason) | SendError::Deferred(reason)) => {
+                OutcomeKind::Deferred {
+                    reason,
+                    provider_down: false,
+                }
+            }
         };
         Outcome::new(kind, name)
     }

@@ -720,9 +720,9 @@ async fn smtp_recipient_replies_fail_bounce_or_defer() {
     let mut rig = Rig::new().await;
     rig.start(|config| {
         config.smtp_url = smtp.url();
-        // Only a provider-down answer may open the breaker here (it opens at once): transient
-        // failures in a row count too, and the deferrals must not.
-        config.breaker_failures = 1_000;
+        // A low threshold: three per-message deferrals from a working server must not count
+        // as failures of the server (they are answers), so SMTP stays up throughout.
+        config.breaker_failures = 2;
     })
     .await;
     rig.wait_ready("smtp", true).await;
@@ -780,12 +780,31 @@ async fn smtp_recipient_replies_fail_bounce_or_defer() {
         assert!(reason.contains(code), "{code}: {reason}");
     }
     assert_eq!(rig.readiness_of("smtp").await.as_deref(), Some("ok"));
+    // Nothing but deferrals, twice the breaker's threshold in a row: still up.
+    let more: Vec<_> = (0..4)
+        .map(|n| job(&format!("greylisted-{n}@example.com")))
+        .collect();
+    for job in &more {
+        smtp.answer_recipient(&job.to.address, Stage::Rcpt, "451 4.7.1 Greylisted");
+    }
+    rig.publish(&more).await;
+    for job in &more {
+        rig.wait_for(job.email_id, "deferred").await;
+    }
+    assert_eq!(
+        rig.readiness_of("smtp").await.as_deref(),
+        Some("ok"),
+        "deferrals from a working server opened the breaker"
+    );
+    for job in &more {
+        smtp.accept_recipient(&job.to.address);
+    }
 
     // The server takes the deferred ones now: each goes on its retry, once.
     for job in [&busy, &greylisted, &full] {
         smtp.accept_recipient(&job.to.address);
     }
-    for job in [&busy, &greylisted, &full] {
+    for job in [&busy, &greylisted, &full].into_iter().chain(&more) {
         rig.wait_for(job.email_id, "dispatched").await;
     }
     let mut delivered: Vec<String> = smtp
@@ -799,6 +818,10 @@ async fn smtp_recipient_replies_fail_bounce_or_defer() {
         [
             "busy@example.com",
             "full@example.com",
+            "greylisted-0@example.com",
+            "greylisted-1@example.com",
+            "greylisted-2@example.com",
+            "greylisted-3@example.com",
             "greylisted@example.com"
         ]
     );

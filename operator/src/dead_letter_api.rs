@@ -863,18 +863,22 @@ pub(crate) async fn replay_many(
                 let replays: Vec<(Uuid, &OutgoingMessage)> =
                     ids.iter().copied().zip(messages.iter()).collect();
                 reopen_replayed_jobs(conn, topology, &replays, &principal).await?;
-                for (id, message) in &replays {
-                    let tenant = rows.iter().find(|r| r.0 == *id).and_then(|r| r.4.clone());
-                    audit::record(
-                        conn,
-                        audit::Actor::Key(&principal),
-                        "dead_letter.replay",
-                        tenant.as_deref(),
-                        &id.to_string(),
-                        serde_json::json!({"queue": message.routing_key, "bulk": true}),
-                    )
-                    .await?;
-                }
+                let entries: Vec<(Option<String>, String, serde_json::Value)> = replays
+                    .iter()
+                    .map(|(id, message)| {
+                        let tenant = rows.iter().find(|r| r.0 == *id).and_then(|r| r.4.clone());
+                        let details =
+                            serde_json::json!({"queue": message.routing_key, "bulk": true});
+                        (tenant, id.to_string(), details)
+                    })
+                    .collect();
+                audit::record_many(
+                    conn,
+                    audit::Actor::Key(&principal),
+                    "dead_letter.replay",
+                    &entries,
+                )
+                .await?;
                 publisher.publish_all(&messages).await?;
                 mark_replayed(conn, &ids, &principal).await?;
                 let queues: Vec<String> = messages.into_iter().map(|m| m.routing_key).collect();

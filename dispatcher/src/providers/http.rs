@@ -203,6 +203,7 @@ pub fn scrub(error: SendError, secrets: &[&str]) -> SendError {
         },
         SendError::Transient(reason) => SendError::Transient(clean(reason)),
         SendError::ProviderDown(reason) => SendError::ProviderDown(clean(reason)),
+        SendError::Deferred(reason) => SendError::Deferred(clean(reason)),
     }
 }
 

@@ -48,14 +48,21 @@ pub enum SendError {
     /// 535): the provider is treated as down and the job waits; a rotated key must never fail
     /// a day's mail.
     ProviderDown(String),
+    /// The provider answered and defers this one message (an SMTP 4xx to MAIL, RCPT or DATA:
+    /// a full mailbox, greylisting): retried like `Transient`, but the provider is working, so
+    /// its circuit breaker counts it as an answer, not a failure — a run of greylisted
+    /// recipients must not mark a healthy server down.
+    Deferred(String),
 }
 
 impl SendError {
-    /// The error's class, as metrics label it: `rejected`, `transient` or `provider_down`.
+    /// The error's class, as metrics label it: `rejected`, `transient`, `deferred` or
+    /// `provider_down`.
     pub fn class(&self) -> &'static str {
         match self {
             SendError::Rejected { .. } => "rejected",
             SendError::Transient(_) => "transient",
+            SendError::Deferred(_) => "deferred",
             SendError::ProviderDown(_) => "provider_down",
         }
     }
@@ -63,7 +70,9 @@ impl SendError {
     pub fn reason(&self) -> &str {
         match self {
             SendError::Rejected { reason, .. } => reason,
-            SendError::Transient(reason) | SendError::ProviderDown(reason) => reason,
+            SendError::Transient(reason)
+            | SendError::ProviderDown(reason)
+            | SendError::Deferred(reason) => reason,
         }
     }
 }

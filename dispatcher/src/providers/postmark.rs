@@ -343,7 +343,7 @@ mod tests {
                 ..
             } => "Rejected+mailbox_unknown",
             SendError::Rejected { .. } => "Rejected",
-            SendError::Transient(_) => "Transient",
+            SendError::Transient(_) | SendError::Deferred(_) => "Transient",
             SendError::ProviderDown(_) => "ProviderDown",
         }
     }

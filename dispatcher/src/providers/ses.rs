@@ -591,7 +591,7 @@ mod tests {
     fn kind(error: &SendError) -> &'static str {
         match error {
             SendError::Rejected { .. } => "Rejected",
-            SendError::Transient(_) => "Transient",
+            SendError::Transient(_) | SendError::Deferred(_) => "Transient",
             SendError::ProviderDown(_) => "ProviderDown",
         }
     }

@@ -1028,6 +1028,18 @@ async fn a_bulk_replay_republishes_the_open_ones_matching_the_filters() {
         "{body}"
     );
     assert_eq!(world.drain_queue(Queue::Dispatching).await.len(), 30);
+    // One audit entry per replayed dead letter, each naming it and its tenant.
+    assert_eq!(
+        world
+            .count(
+                "SELECT count(DISTINCT a.target) FROM audit_log a
+                   JOIN dead_letters d ON d.id::text = a.target
+                  WHERE a.action = 'dead_letter.replay' AND a.tenant = 'initech'
+                    AND d.tenant = 'initech' AND (a.details->>'bulk')::boolean"
+            )
+            .await,
+        150
+    );
 
     stop.cancel();
     handle.await.expect("operator stops");
