@@ -652,8 +652,8 @@ impl Attempt {
 ///
 /// | what happened                                          | when              | outcome      |
 /// |--------------------------------------------------------|-------------------|--------------|
-/// | 4xx reply (421: the service is closing)                | connection set-up, or 421 at any step | Transient |
-/// | 4xx reply                                              | transaction       | Deferred (retried; the breaker sees a working server) |
+/// | 4xx reply with enhanced code 4.1.x, 4.2.x or 4.7.x (address, mailbox, policy/greylisting) | transaction | Deferred (retried; the breaker sees a working server) |
+/// | any other 4xx reply (421, 4.3.x, 4.4.x, no enhanced code) | any step         | Transient    |
 /// | 5xx reply to the greeting, EHLO, STARTTLS or AUTH      | connection set-up | ProviderDown |
 /// | 530 / 534 / 535 (AUTH required, too weak, invalid)     | any step          | ProviderDown |
 /// | 5xx reply to MAIL, RCPT or DATA                        | transaction       | Rejected (bounced when the mailbox does not exist) |
@@ -683,8 +683,8 @@ fn classify(error: &lettre::transport::smtp::Error, phase: Phase) -> Attempt {
                 reason: text,
             })
         }
-    } else if error.is_transient() && phase == Phase::Transaction && code != "421" {
-        // The server works and defers this message (greylisting, a full mailbox).
+    } else if error.is_transient() && phase == Phase::Transaction && defers_one_message(&text) {
+        // The server works and defers this message (greylisting, a busy or full mailbox).
         Attempt::Reply(SendError::Deferred(text))
     } else if error.is_transient() {
         Attempt::Reply(SendError::Transient(text))
@@ -703,6 +703,23 @@ fn classify(error: &lettre::transport::smtp::Error, phase: Phase) -> Attempt {
 }
 
 /// Does a 5xx reply say the mailbox does not exist (RFC 3463 5.1.1, 5.1.10; 550 "user unknown")?
+/// Whether a 4xx reply defers this one message while the server works: its enhanced status
+/// code (RFC 3463) is about the address (4.1.x), the mailbox (4.2.x) or policy, greylisting
+/// included (4.7.x). Anything else — 4.3.x mail system, 4.4.x network, no enhanced code, 421 —
+/// may be the whole server failing, so it counts toward the circuit breaker.
+fn defers_one_message(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || c == ':' || c == ',' || c == '(' || c == ')')
+        .find_map(|word| {
+            let mut parts = word.split('.');
+            let (class, subject, detail) = (parts.next()?, parts.next()?, parts.next()?);
+            let numeric =
+                |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+            (class == "4" && numeric(subject) && numeric(detail) && parts.next().is_none())
+                .then_some(subject.to_owned())
+        })
+        .is_some_and(|subject| matches!(subject.as_str(), "1" | "2" | "7"))
+}
+
 fn mailbox_unknown(code: &str, text: &str) -> bool {
     let lower = text.to_ascii_lowercase();
     lower.contains("5.1.1")
@@ -733,6 +750,27 @@ pub fn envelope(from: &str, to: &str) -> Result<Envelope, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_address_mailbox_and_policy_deferrals_defer_one_message() {
+        for text in [
+            "transient error (450): 4.2.1 Mailbox busy, try again later",
+            "transient error (451): 4.7.1 Greylisted, try again later",
+            "transient error (452): 4.2.2 Mailbox full",
+            "transient error (450): 4.1.8 Sender address rejected: domain not found",
+        ] {
+            assert!(defers_one_message(text), "{text}");
+        }
+        for text in [
+            "transient error (451): 4.3.0 Error: local error in processing",
+            "transient error (421): 4.4.2 Connection timed out",
+            "transient error (451): try again later",
+            "transient error (452): 4.3.1 Insufficient system storage",
+            "transient error (451): 5.7.1 odd",
+        ] {
+            assert!(!defers_one_message(text), "{text}");
+        }
+    }
 
     #[test]
     fn unknown_mailboxes_are_told_apart() {
