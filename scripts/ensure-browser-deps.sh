@@ -7,15 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "ensure-browser-deps.sh: need root (or sudo) to run: $*" >&2; return 1; fi
-}
-apt_install() {
-    echo "ensure-browser-deps.sh: installing $* from Debian's packages" >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-}
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
 
 chromium=${MAILTRAIL_CHROMIUM:-/usr/bin/chromium}
 [[ -x $chromium ]] || apt_install chromium

@@ -6,15 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "ensure-example-deps.sh: need root (or sudo) to run: $*" >&2; return 1; fi
-}
-apt_install() {
-    echo "ensure-example-deps.sh: installing $* from Debian's packages" >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-}
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
 
 command -v python3 >/dev/null || apt_install python3
 venv=target/examples-venv

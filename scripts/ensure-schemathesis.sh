@@ -10,15 +10,8 @@ cd "$(dirname "$0")/.."
 # The version the tests are written against (the CLI changed between 3.x and 4.x).
 version=4.32.5
 
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
-        echo "ensure-schemathesis.sh: need root (or sudo) to run: $*" >&2; return 1; fi
-}
-apt_install() {
-    echo "ensure-schemathesis.sh: installing $* from Debian's packages" >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
-}
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
 
 command -v python3 >/dev/null || apt_install python3
 venv=target/schemathesis-venv

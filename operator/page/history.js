@@ -263,10 +263,18 @@
   async function openMessage(id) {
     stopRefresh();
     $('message-error').textContent = '';
+    if ($('message-view').dataset.id !== id) {
+      // Another email: never show the previous one's timeline while this one loads.
+      delete $('message-view').dataset.id;
+      $('message-subject').textContent = 'Loading…';
+      $('message-facts').replaceChildren();
+      $('timeline').replaceChildren();
+    }
     show('message-view');
     try {
       const message = await api(`/v1/messages/${encodeURIComponent(id)}`);
       renderMessage(message);
+      $('message-view').dataset.id = id;
       if (IN_FLIGHT.has(message.status)) {
         $('refreshing').hidden = false;
         refreshTimer = setTimeout(() => {

@@ -93,8 +93,7 @@ try {
 
   step('open an email and check its timeline');
   await page.click(`#results tbody tr[data-id="${env('EMAIL_ID')}"] a`);
-  await page.locator('#message-view').waitFor({ state: 'visible' });
-  await page.locator('#timeline > li').first().waitFor();
+  await page.locator(`#message-view[data-id="${env('EMAIL_ID')}"] #timeline > li`).first().waitFor();
   assert.deepEqual(await timelineTypes(), env('EXPECT_TIMELINE').split(','));
   const clicked = page.locator('#timeline > li[data-type="clicked"] a.external');
   assert.equal(await clicked.getAttribute('href'), env('CLICKED_URL'));
@@ -108,7 +107,7 @@ try {
 
   step('stored XSS: payloads in the subject, a user agent, a clicked URL, a bounce diagnostic');
   await page.goto(`${base}/#/messages/${env('HOSTILE_ID')}`);
-  await page.locator('#timeline > li[data-type="clicked"]').waitFor();
+  await page.locator(`#message-view[data-id="${env('HOSTILE_ID')}"] #timeline > li[data-type="clicked"]`).waitFor();
   assert.equal(await page.textContent('#message-subject'), env('HOSTILE_SUBJECT'));
   const hostile = await page.evaluate(() => ({
     pwned: window.__pwned,
@@ -133,7 +132,7 @@ try {
 
   step('an email in flight refreshes by itself');
   await page.goto(`${base}/#/messages/${env('IN_FLIGHT_ID')}`);
-  await page.locator('#timeline > li').first().waitFor();
+  await page.locator(`#message-view[data-id="${env('IN_FLIGHT_ID')}"] #timeline > li`).first().waitFor();
   await page.locator('#refreshing').waitFor({ state: 'visible' });
   const before = await timelineTypes();
   assert.ok(!before.includes('delivered'), `already delivered: ${before}`);
