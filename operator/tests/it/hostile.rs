@@ -1,4 +1,5 @@
-//! Hostile mailbox input through the real queue and the running operator: each message is set
+//! Hostile mailbox input (malformed, truncated, invalid UTF-8, wrong types, header injection,
+//! over-size, deep nesting, …) through the real queue and the running operator: each message is set
 //! aside with its reason, and valid mail published behind them still flows.
 
 use crate::helpers::{World, reason_of};
@@ -22,7 +23,24 @@ async fn hostile_input_is_set_aside_with_its_reason_and_valid_mail_behind_it_flo
     // The test reads the dead-letter queue itself; the consumer would take the copies first.
     world.config.dead_letter_consumer = false;
     let many: Vec<String> = (0..51).map(|i| format!("\"r{i}@example.com\"")).collect();
-    let cases: Vec<(&str, String, &str)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "invalid-utf8",
+            b"{\"subject\": \"\xff\xfe\"}".to_vec(),
+            "not_json",
+        ),
+        (
+            "truncated",
+            valid_with("").as_bytes()[..40].to_vec(),
+            "not_json",
+        ),
+        (
+            "wrong-type",
+            valid_with("").replace(r#""Hi""#, "42").into_bytes(),
+            "invalid_field",
+        ),
+    ];
+    let text_cases: Vec<(&str, String, &str)> = vec![
         ("not-json", "hello, operator".to_owned(), "not_json"),
         (
             "json-array",
@@ -93,10 +111,13 @@ async fn hostile_input_is_set_aside_with_its_reason_and_valid_mail_behind_it_flo
             "not_json",
         ),
     ];
+    cases.extend(
+        text_cases
+            .into_iter()
+            .map(|(id, body, reason)| (id, body.into_bytes(), reason)),
+    );
     for (id, body, _) in &cases {
-        world
-            .publish(Queue::Mailbox, body.as_bytes(), Some(id))
-            .await;
+        world.publish(Queue::Mailbox, body, Some(id)).await;
     }
     world
         .publish(
