@@ -199,19 +199,7 @@ impl Filters {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-            text(name)
-                .map(|t| {
-                    DateTime::parse_from_rfc3339(&t)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|_| {
-                            ApiError::BadRequest(format!(
-                                "{name} must be an RFC 3339 time with an offset"
-                            ))
-                        })
-                })
-                .transpose()
-        };
+        let time = |name: &str| crate::http::query_time(name, text(name));
         let state = match text("state").as_deref() {
             None => None,
             Some("open") => Some("open"),

@@ -668,6 +668,25 @@ pub(crate) fn page_limit(text: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// A time parameter (`since`, `until`, …): RFC 3339 with an explicit offset, absent when empty.
+pub(crate) fn query_time(
+    name: &str,
+    value: Option<String>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    value
+        .map(|t| {
+            DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "{name} must be an RFC 3339 time with an offset, such as \
+                         2026-12-01T00:00:00Z"
+                    ))
+                })
+        })
+        .transpose()
+}
+
 /// One page of entries, and the cursor of the next (absent on the last page).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SuppressionPage {

@@ -269,20 +269,7 @@ impl Filters {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-            text(name)
-                .map(|t| {
-                    DateTime::parse_from_rfc3339(&t)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|_| {
-                            bad(format!(
-                                "{name} must be an RFC 3339 time with an offset, such as \
-                                 2026-12-03T08:00:00Z"
-                            ))
-                        })
-                })
-                .transpose()
-        };
+        let time = |name: &str| crate::http::query_time(name, text(name));
         let recipient = text("recipient")
             .map(|r| {
                 mailtrail_shared::address::parse_address(&r)

@@ -55,9 +55,14 @@ pub struct SessionSettings {
     pub secure: SecureCookie,
 }
 
-/// The session a request came with; kept in the request so sign-out can end it.
+/// The session a request came with, as the middleware found it; kept in the request so
+/// `GET /v1/session` can show it and sign-out can end it without looking it up again.
 #[derive(Debug, Clone)]
-pub struct SessionToken(String);
+pub struct SessionToken {
+    token: String,
+    csrf_token: String,
+    expires_at: DateTime<Utc>,
+}
 
 /// Who is signed in, as `GET /v1/session` and the sign-in answer show it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -90,14 +95,15 @@ fn hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// A verified session: its principal and CSRF token.
+/// A verified session: its principal, CSRF token and end.
 struct Session {
     principal: Principal,
     csrf_token: String,
+    expires_at: DateTime<Utc>,
 }
 
-/// (key id, tenant, role, csrf token) of a live session.
-type SessionRow = (Uuid, Option<String>, String, String);
+/// (key id, tenant, role, csrf token, expires at) of a live session.
+type SessionRow = (Uuid, Option<String>, String, String, DateTime<Utc>);
 
 /// The live session of `token`: unexpired, its key unrevoked. `None` otherwise.
 async fn find(conn: &mut AsyncPgConnection, token: &str) -> anyhow::Result<Option<Session>> {
@@ -111,20 +117,24 @@ async fn find(conn: &mut AsyncPgConnection, token: &str) -> anyhow::Result<Optio
             api_keys::tenant,
             api_keys::role,
             sessions::csrf_token,
+            sessions::expires_at,
         ))
         .first(conn)
         .await
         .optional()?;
-    Ok(row.and_then(|(key_id, tenant, role, csrf_token)| {
-        Some(Session {
-            principal: Principal {
-                key_id,
-                tenant,
-                role: role.parse::<Role>().ok()?,
-            },
-            csrf_token,
-        })
-    }))
+    Ok(
+        row.and_then(|(key_id, tenant, role, csrf_token, expires_at)| {
+            Some(Session {
+                principal: Principal {
+                    key_id,
+                    tenant,
+                    role: role.parse::<Role>().ok()?,
+                },
+                csrf_token,
+                expires_at,
+            })
+        }),
+    )
 }
 
 /// Authenticates a request by its session cookie, for the `/v1` middleware. `Ok(None)`: no
@@ -147,7 +157,11 @@ pub(crate) async fn authenticate(
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
         check_csrf(request.request(), &session.csrf_token)?;
     }
-    request.extensions_mut().insert(SessionToken(token));
+    request.extensions_mut().insert(SessionToken {
+        token,
+        csrf_token: session.csrf_token,
+        expires_at: session.expires_at,
+    });
     Ok(Some(session.principal))
 }
 
@@ -279,33 +293,22 @@ pub(crate) async fn current(
     request: HttpRequest,
     principal: web::ReqData<Principal>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = request.extensions().get::<SessionToken>().cloned();
+    let session = request.extensions().get::<SessionToken>().cloned();
     let principal = principal.into_inner();
-    let (name, session) = with_deadline(state.db_timeout, "session", async {
+    let name = with_deadline(state.db_timeout, "session", async {
         let mut conn = state.pool.get().await?;
-        let name = key_name(&mut conn, principal.key_id).await?;
-        let session: Option<(String, DateTime<Utc>)> = match &token {
-            Some(SessionToken(token)) => sessions::table
-                .find(hash(token))
-                .select((sessions::csrf_token, sessions::expires_at))
-                .first(&mut conn)
-                .await
-                .optional()?,
-            None => None,
-        };
-        Ok((name, session))
+        key_name(&mut conn, principal.key_id).await
     })
     .await
     .map_err(ApiError::Unavailable)?;
-    let (csrf_token, expires_at) = session.unzip();
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(SessionView {
             key_name: name,
             tenant: principal.tenant,
             role: principal.role.as_str().to_owned(),
-            csrf_token,
-            expires_at,
+            csrf_token: session.as_ref().map(|s| s.csrf_token.clone()),
+            expires_at: session.map(|s| s.expires_at),
         }))
 }
 
@@ -318,8 +321,8 @@ pub(crate) async fn sign_out(
     request: HttpRequest,
     principal: web::ReqData<Principal>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = request.extensions().get::<SessionToken>().cloned();
-    if let Some(SessionToken(token)) = &token {
+    let session = request.extensions().get::<SessionToken>().cloned();
+    if let Some(SessionToken { token, .. }) = &session {
         let principal = principal.into_inner();
         with_deadline(state.db_timeout, "sign out", async {
             let mut conn = state.pool.get().await?;

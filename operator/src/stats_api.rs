@@ -91,20 +91,7 @@ impl Params {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-            text(name)
-                .map(|t| {
-                    DateTime::parse_from_rfc3339(&t)
-                        .map(|t| t.with_timezone(&Utc))
-                        .map_err(|_| {
-                            ApiError::BadRequest(format!(
-                                "{name} must be an RFC 3339 time with an offset, such as \
-                                 2026-12-01T00:00:00Z"
-                            ))
-                        })
-                })
-                .transpose()
-        };
+        let time = |name: &str| crate::http::query_time(name, text(name));
         let bucket = match text("bucket").as_deref() {
             None | Some("day") => Bucket::Day,
             Some("hour") => Bucket::Hour,

@@ -117,6 +117,7 @@ async fn a_session_has_its_keys_scope_and_changes_need_the_csrf_token() {
     let answer = http_call(port, "GET", "/v1/session", &with_cookie, b"").await;
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(answer.json()["csrf_token"], csrf.as_str());
+    assert!(answer.json()["expires_at"].is_string(), "{answer:?}");
     let answer = http_call(
         port,
         "GET",
