@@ -9,6 +9,9 @@
 //!   RabbitMQ — cut, refuse, black-hole, delay.
 //! * [`ServiceProcess`]: a service binary as a child process, its output in
 //!   `target/test-logs/<name>-….log`; SIGTERM, SIGKILL, wait for exit.
+//! * [`PrivateRabbit`], [`PrivatePg`]: a RabbitMQ node and a PostgreSQL cluster of the test's
+//!   own (temp dir, free ports), to restart, stop or `kill -9` without touching the shared ones;
+//!   deleted on drop.
 //! * [`eventually`]: wait for a condition, never for a fixed time.
 //! * [`http_get`]: a minimal HTTP client to probe services; [`check_broker_only_service`]: the
 //!   health and SIGTERM check every broker-only service binary passes.
@@ -28,6 +31,8 @@ mod db;
 mod http;
 mod lifecycle;
 mod metrics;
+mod private_pg;
+mod private_rabbit;
 mod process;
 mod proxy;
 mod wait;
@@ -37,6 +42,8 @@ pub use db::{MIGRATIONS, TestDb, database_server_url, template_name, url_with_da
 pub use http::{HttpAnswer, free_port, http_call, http_delete, http_get, http_post, try_http_get};
 pub use lifecycle::check_broker_only_service;
 pub use metrics::{parse_metrics, scrape, try_scrape};
+pub use private_pg::{PrivatePg, pg_bin_dir};
+pub use private_rabbit::PrivateRabbit;
 pub use process::{ServiceProcess, target_bin, test_log_dir, workspace_dir};
 pub use proxy::TcpProxy;
 pub use wait::{POLL_INTERVAL, eventually};

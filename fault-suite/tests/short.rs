@@ -1,0 +1,55 @@
+//! The short fault suite, part of the test command: a few hundred emails per scenario, outages
+//! of a few seconds, faults through TCP proxies and process kills (the private broker and
+//! database scenarios are in the full suite, `scripts/fault-suite.sh`). Needs the operator and
+//! dispatcher binaries, which `cargo test --workspace` builds.
+
+use mailtrail_fault_suite::{Fault, Scenario, run, text_table};
+use std::time::Duration;
+
+const REQUESTS: usize = 150;
+
+async fn check(name: &str, fault: Fault) {
+    let mut scenario = Scenario::new(name, fault, REQUESTS);
+    scenario.deadline = Duration::from_secs(120);
+    let report = run(&scenario).await.expect("the run completes");
+    eprintln!("{}", text_table(std::slice::from_ref(&report)));
+    assert!(report.passed(), "{:#?}", report.problems);
+    // The counts are real: every expected email is accounted for, and was delivered.
+    assert_eq!(report.lost, 0);
+    assert_eq!(report.delivered, report.expected, "{report:#?}");
+    assert!(report.expected >= REQUESTS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_dispatcher_loses_nothing() {
+    check("kill -9 dispatcher", Fault::KillDispatcher(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_operator_loses_nothing() {
+    check("kill -9 operator", Fault::KillOperator(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_of_the_dispatcher_under_load_drains_and_loses_nothing() {
+    check("SIGTERM dispatcher", Fault::TermDispatcher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_connections_force_closed_lose_nothing_and_send_nothing_twice() {
+    check("broker connections cut", Fault::CutBrokerConnections).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_holed_database_loses_nothing() {
+    check(
+        "database black-holed 3 s",
+        Fault::BlackholeDb(Duration::from_secs(3)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_down_loses_nothing_and_sends_nothing_twice() {
+    check("SMTP down 3 s", Fault::SmtpDown(Duration::from_secs(3))).await;
+}
