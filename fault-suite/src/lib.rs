@@ -32,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The dispatcher's maximum sends in flight (`MAILTRAIL_DISPATCH_CONCURRENCY`): a `kill -9` can
 /// cost at most this many duplicates.
@@ -89,6 +89,9 @@ impl Fault {
     pub fn duplicate_bound(self, dispatcher_kills: u32) -> Option<u64> {
         match self {
             Fault::SmtpSlow(_) => None,
+            // The server dying mid-transaction may have taken a message whose reply the
+            // dispatcher never got: at most one per send in flight then.
+            Fault::SmtpDown(_) => Some(DISPATCH_CONCURRENCY),
             _ => Some(u64::from(dispatcher_kills) * DISPATCH_CONCURRENCY),
         }
     }
@@ -103,6 +106,9 @@ pub struct Scenario {
     pub seed: u64,
     /// How long the pipeline may take to drain after the fault.
     pub deadline: Duration,
+    /// A check of the suite itself: after draining, one `dispatched` event is deleted, so the
+    /// count must find exactly one lost email (delivered at SMTP, history without its end).
+    pub sabotage: bool,
 }
 
 impl Scenario {
@@ -113,6 +119,7 @@ impl Scenario {
             requests,
             seed: 0x6d61_696c_7472_6c00 ^ requests as u64,
             deadline: Duration::from_secs(240),
+            sabotage: false,
         }
     }
 }
@@ -154,8 +161,17 @@ struct Injected {
     dispatcher_kills: u32,
     operator_kills: u32,
     fault_end: Option<Instant>,
+    /// The same moment on the wall clock, to compare with the database's `recorded_at`.
+    fault_end_wall: Option<SystemTime>,
     /// SIGTERM → exit, and the exit status, for [`Fault::TermDispatcher`].
     term_exit: Option<(Duration, bool)>,
+}
+
+impl Injected {
+    fn ended(&mut self) {
+        self.fault_end = Some(Instant::now());
+        self.fault_end_wall = Some(SystemTime::now());
+    }
 }
 
 /// A run's world: servers, proxies, the SMTP server and the service processes.
@@ -280,7 +296,10 @@ impl World {
                 "MAILTRAIL_DISPATCH_CONCURRENCY",
                 DISPATCH_CONCURRENCY.to_string(),
             ),
-            ("MAILTRAIL_SMTP_CONNECTIONS", DISPATCH_CONCURRENCY.to_string()),
+            (
+                "MAILTRAIL_SMTP_CONNECTIONS",
+                DISPATCH_CONCURRENCY.to_string(),
+            ),
             (
                 "MAILTRAIL_HTTP_ADDR",
                 format!("127.0.0.1:{}", self.dispatcher_port),
@@ -361,7 +380,11 @@ fn body(request: &Request) -> Vec<u8> {
 }
 
 /// Publishes every request to the mailbox queue, persistent and confirmed (many in flight).
-async fn publish_all(connection: &Connection, topology: &Topology, all: &[Request]) -> anyhow::Result<()> {
+async fn publish_all(
+    connection: &Connection,
+    topology: &Topology,
+    all: &[Request],
+) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -448,7 +471,24 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         }
     };
     mailtrail_broker::close_connection(&publisher, "published").await;
-    let mut report = count(&world, &db, scenario, &expected, &injected, Some(drained_at)).await?;
+    if scenario.sabotage {
+        db.client
+            .execute(
+                "DELETE FROM events WHERE id =
+                   (SELECT min(id) FROM events WHERE event_type = 'dispatched')",
+                &[],
+            )
+            .await?;
+    }
+    let mut report = count(
+        &world,
+        &db,
+        scenario,
+        &expected,
+        &injected,
+        Some(drained_at),
+    )
+    .await?;
     report.run_time = run_started.elapsed();
     report.setup_time = setup;
     {
@@ -501,7 +541,7 @@ async fn inject(
                 guard.1.kill();
                 guard.1 = world.dispatcher()?;
                 injected.dispatcher_kills += 1;
-                injected.fault_end = Some(Instant::now());
+                injected.ended();
             }
         }
         Fault::KillOperator(n) => {
@@ -511,7 +551,7 @@ async fn inject(
                 guard.0.kill();
                 guard.0 = world.operator()?;
                 injected.operator_kills += 1;
-                injected.fault_end = Some(Instant::now());
+                injected.ended();
             }
         }
         Fault::TermDispatcher => {
@@ -530,28 +570,28 @@ async fn inject(
             injected.term_exit = Some((took, status.as_ref().is_ok_and(|s| s.success())));
             let mut guard = lock()?;
             guard.1 = world.dispatcher()?;
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::CutBrokerConnections => {
             at_smtp(world, third).await;
             world.amqp_proxy.cut();
             tokio::time::sleep(Duration::from_millis(300)).await;
             world.amqp_proxy.cut();
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::BlackholeBroker(d) => {
             at_smtp(world, third).await;
             world.amqp_proxy.set_blackhole(true);
             tokio::time::sleep(d).await;
             world.amqp_proxy.set_blackhole(false);
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::BlackholeDb(d) => {
             at_smtp(world, third).await;
             world.db_proxy.set_blackhole(true);
             tokio::time::sleep(d).await;
             world.db_proxy.set_blackhole(false);
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::SmtpDown(d) => {
             at_smtp(world, third).await;
@@ -559,16 +599,18 @@ async fn inject(
             world.smtp_proxy.cut();
             tokio::time::sleep(d).await;
             world.smtp_proxy.set_refuse(false);
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::SmtpSlow(d) => {
             at_smtp(world, third).await;
-            world.smtp_proxy.set_delay(SMTP_TIMEOUT + Duration::from_secs(1));
+            world
+                .smtp_proxy
+                .set_delay(SMTP_TIMEOUT + Duration::from_secs(1));
             tokio::time::sleep(d).await;
             world.smtp_proxy.set_delay(Duration::ZERO);
             // Connections still holding delayed chunks are reset: the dispatcher reconnects.
             world.smtp_proxy.cut();
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::RestartBroker | Fault::KillBroker => {
             // The runner's own publisher is on this node too: finish publishing first.
@@ -581,7 +623,7 @@ async fn inject(
             } else {
                 rabbit.restart().await?;
             }
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
         Fault::StopDbImmediate(d) => {
             at_smtp(world, third).await;
@@ -589,7 +631,7 @@ async fn inject(
             pg.stop_immediate().await?;
             tokio::time::sleep(d).await;
             pg.start_again().await?;
-            injected.fault_end = Some(Instant::now());
+            injected.ended();
         }
     }
     Ok(injected)
@@ -646,7 +688,11 @@ async fn wait_until_done(
                 let connection = world.connect().await?;
                 let channel = connection.create_channel().await?;
                 let mut waiting = 0;
-                for q in [Queue::Dispatching, Queue::DispatchingPriority, Queue::Tracking] {
+                for q in [
+                    Queue::Dispatching,
+                    Queue::DispatchingPriority,
+                    Queue::Tracking,
+                ] {
                     waiting += mailtrail_broker::queue_depth(&channel, &topology.queue(q))
                         .await?
                         .0;
@@ -659,7 +705,8 @@ async fn wait_until_done(
                 anyhow::Ok((waiting, in_flight))
             };
             match quiet.await {
-                Ok((0, f)) if f == 0.0 => return Ok(Instant::now()),
+                // A gauge of whole numbers; NaN (no answer) is not quiet.
+                Ok((0, f)) if f.abs() < 0.5 => return Ok(Instant::now()),
                 Ok((w, f)) => last = format!("{w} messages waiting, {f} sends in flight"),
                 Err(e) => last = format!("{e:#}"),
             }
@@ -702,10 +749,7 @@ async fn count(
     {
         let n: i64 = row.get(2);
         events_recorded += n;
-        events
-            .entry(row.get(0))
-            .or_default()
-            .insert(row.get(1), n);
+        events.entry(row.get(0)).or_default().insert(row.get(1), n);
     }
     let emails_recorded: i64 = db
         .client
@@ -719,13 +763,9 @@ async fn count(
         .get(0);
     let set_aside_rows = db
         .client
-        .query(
-            "SELECT email_id::text, request_key FROM dead_letters",
-            &[],
-        )
+        .query("SELECT email_id::text, request_key FROM dead_letters", &[])
         .await?;
-    let aside_emails: BTreeSet<String> =
-        set_aside_rows.iter().filter_map(|r| r.get(0)).collect();
+    let aside_emails: BTreeSet<String> = set_aside_rows.iter().filter_map(|r| r.get(0)).collect();
     let aside_keys: BTreeSet<String> = set_aside_rows.iter().filter_map(|r| r.get(1)).collect();
 
     let mut report = Report {
@@ -779,12 +819,36 @@ async fn count(
         .map(|(_, n)| (*n - 1).max(0) as u64)
         .sum();
     let fault_end = injected.fault_end;
-    report.recovery = fault_end.and_then(|end| world.messages_after(end).map(|t| t - end));
-    report.drain = fault_end.zip(drained_at).map(|(end, done)| done.saturating_duration_since(end));
+    // Moving again: both halves — a message at SMTP and an event recorded after the fault.
+    let smtp_again = fault_end.and_then(|end| world.messages_after(end).map(|t| t - end));
+    let event_again = match injected.fault_end_wall {
+        Some(wall) => {
+            let end = wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let first: Option<f64> = db
+                .client
+                .query_one(
+                    "SELECT extract(epoch FROM min(recorded_at))::float8 FROM events
+                      WHERE recorded_at >= to_timestamp($1::float8)",
+                    &[&end],
+                )
+                .await?
+                .get(0);
+            first.map(|t| Duration::from_secs_f64((t - end).max(0.0)))
+        }
+        None => None,
+    };
+    report.recovery = smtp_again.max(event_again);
+    report.drain = fault_end
+        .zip(drained_at)
+        .map(|(end, done)| done.saturating_duration_since(end));
     if report.lost > 0 {
-        report
-            .problems
-            .push(format!("{} emails lost, e.g. {lost_examples:?}", report.lost));
+        report.problems.push(format!(
+            "{} emails lost, e.g. {lost_examples:?}",
+            report.lost
+        ));
     }
     if report.events_twice > 0 {
         report
@@ -808,9 +872,9 @@ async fn count(
         })
         .count();
     if unknown > 0 {
-        report
-            .problems
-            .push(format!("{unknown} messages at SMTP with an unknown X-Mailtrail-Id"));
+        report.problems.push(format!(
+            "{unknown} messages at SMTP with an unknown X-Mailtrail-Id"
+        ));
     }
     if let Some((took, ok)) = injected.term_exit {
         report.notes.push(format!("SIGTERM → exit in {took:.1?}"));

@@ -53,3 +53,20 @@ async fn a_black_holed_database_loses_nothing() {
 async fn smtp_down_loses_nothing_and_sends_nothing_twice() {
     check("SMTP down 3 s", Fault::SmtpDown(Duration::from_secs(3))).await;
 }
+
+/// The suite's own check: an email the SMTP server received whose history lacks `dispatched`
+/// is counted lost, and the run fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_email_without_its_final_event_counts_as_lost() {
+    let mut scenario = Scenario::new("sabotaged baseline", Fault::None, 30);
+    scenario.sabotage = true;
+    let report = run(&scenario).await.expect("the run completes");
+    assert_eq!(report.lost, 1, "{report:#?}");
+    assert_eq!(report.delivered, report.expected - 1);
+    assert!(!report.passed());
+    assert!(
+        report.problems[0].contains("1 emails lost"),
+        "{:?}",
+        report.problems
+    );
+}
