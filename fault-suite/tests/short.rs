@@ -1,7 +1,7 @@
 //! The short fault suite, part of the test command: a few hundred emails per scenario, outages
-//! of a few seconds, faults through TCP proxies and process kills (the private broker and
-//! database scenarios are in the full suite, `scripts/fault-suite.sh`). Needs the operator and
-//! dispatcher binaries, which `cargo test --workspace` builds.
+//! of a few seconds, faults through TCP proxies and process kills, plus one private-database and
+//! one private-broker scenario (the rest is the full suite, `scripts/fault-suite.sh`). Needs the
+//! operator and dispatcher binaries, which `cargo test --workspace` builds.
 
 use mailtrail_fault_suite::{Fault, Scenario, run, text_table};
 use std::time::Duration;
@@ -52,6 +52,22 @@ async fn a_black_holed_database_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_down_loses_nothing_and_sends_nothing_twice() {
     check("SMTP down 3 s", Fault::SmtpDown(Duration::from_secs(3))).await;
+}
+
+/// A private PostgreSQL cluster (about 1.5 s to set up) stopped with `-m immediate`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immediate_database_stop_loses_nothing() {
+    check(
+        "database immediate stop 2 s",
+        Fault::StopDbImmediate(Duration::from_secs(2)),
+    )
+    .await;
+}
+
+/// A private RabbitMQ node (about 7 s to boot, twice) killed with SIGKILL and started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_broker_node_loses_nothing_and_sends_nothing_twice() {
+    check("broker node kill -9", Fault::KillBroker).await;
 }
 
 /// The suite's own check: an email the SMTP server received whose history lacks `dispatched`
