@@ -16,6 +16,7 @@
 //! the end.
 
 mod report;
+mod webhooks;
 
 pub use report::{Report, markdown_table, text_table};
 
@@ -74,6 +75,13 @@ pub enum Fault {
     KillBroker,
     /// The (private) database cluster stopped with `-m immediate`, down this long, started again.
     StopDbImmediate(Duration),
+    /// Once every email is sent, a signed `delivered` webhook (Standard Webhooks) for each,
+    /// every one posted three times in shuffled order (retried until answered 2xx, as providers
+    /// do), while the operator and the webhook sink are each `kill -9`ed this many times.
+    WebhookFlood {
+        operator_kills: u32,
+        sink_kills: u32,
+    },
 }
 
 impl Fault {
@@ -83,6 +91,10 @@ impl Fault {
 
     fn private_db(self) -> bool {
         matches!(self, Fault::StopDbImmediate(_))
+    }
+
+    fn webhooks(self) -> bool {
+        matches!(self, Fault::WebhookFlood { .. })
     }
 
     /// The most duplicates at SMTP this fault may cause (`None`: counted, not bounded).
@@ -152,6 +164,13 @@ pub fn full_suite(requests: usize) -> Vec<Scenario> {
             "database immediate stop 5 s",
             Fault::StopDbImmediate(Duration::from_secs(5)),
         ),
+        s(
+            "webhooks ×3 shuffled, kill -9 operator ×2 and sink ×3",
+            Fault::WebhookFlood {
+                operator_kills: 2,
+                sink_kills: 3,
+            },
+        ),
     ]
 }
 
@@ -165,6 +184,10 @@ struct Injected {
     fault_end_wall: Option<SystemTime>,
     /// SIGTERM → exit, and the exit status, for [`Fault::TermDispatcher`].
     term_exit: Option<(Duration, bool)>,
+    sink_kills: u32,
+    webhook_posts: u64,
+    /// Posts answered with anything but 2xx (or not at all), and posted again.
+    webhook_retries: u64,
 }
 
 impl Injected {
@@ -192,6 +215,7 @@ struct World {
     /// When each message reached the SMTP server.
     arrivals: Arc<Mutex<Vec<Instant>>>,
     dispatcher_port: u16,
+    sink_port: u16,
 }
 
 impl World {
@@ -251,6 +275,7 @@ impl World {
             smtp_proxy,
             arrivals,
             dispatcher_port: free_port(),
+            sink_port: free_port(),
         })
     }
 
@@ -313,6 +338,21 @@ impl World {
         ServiceProcess::spawn("fault-dispatcher", binary("dispatcher")?, &[], &env)
     }
 
+    fn webhook_sink(&self) -> anyhow::Result<ServiceProcess> {
+        let mut env = self.common_env();
+        env.extend([
+            (
+                "MAILTRAIL_HTTP_ADDR",
+                format!("127.0.0.1:{}", self.sink_port),
+            ),
+            (
+                "MAILTRAIL_WEBHOOK_STANDARD_SECRETS",
+                format!("{TENANT}={WEBHOOK_SECRET}"),
+            ),
+        ]);
+        ServiceProcess::spawn("fault-webhook-sink", binary("webhook-sink")?, &[], &env)
+    }
+
     /// A connection straight to the broker (not through the proxy), topology declared.
     async fn connect(&self) -> anyhow::Result<Connection> {
         let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default())
@@ -347,6 +387,9 @@ struct Request {
 }
 
 const TENANT: &str = "fault";
+
+/// The Standard Webhooks secret the sink checks the flood's signatures with.
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn requests(scenario: &Scenario) -> Vec<Request> {
     let mut rng = StdRng::seed_from_u64(scenario.seed);
@@ -440,8 +483,23 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
                 .map(move |rcpt| (mailtrail_shared::ids::email_id(TENANT, &r.key, rcpt), r))
         })
         .collect();
-    let expected_emails = expected.len();
     let processes = Mutex::new((world.operator()?, world.dispatcher()?));
+    let sink = Mutex::new(if scenario.fault.webhooks() {
+        Some(world.webhook_sink()?)
+    } else {
+        None
+    });
+    let emails: Vec<(uuid::Uuid, String)> = all
+        .iter()
+        .flat_map(|r| {
+            r.recipients.iter().map(move |rcpt| {
+                (
+                    mailtrail_shared::ids::email_id(TENANT, &r.key, rcpt),
+                    rcpt.clone(),
+                )
+            })
+        })
+        .collect();
     let published = tokio::sync::Notify::new();
     let run_started = Instant::now();
 
@@ -450,14 +508,21 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
         published.notify_one();
         result
     };
-    let inject = inject(scenario, &world, &processes, expected_emails, &published);
+    let inject = inject(scenario, &world, &processes, &sink, &emails, &published);
     let (published_result, injected) = tokio::join!(publish, inject);
     published_result?;
     let injected = injected?;
 
     // Done: every expected email has its final event, and no job is left queued or in flight.
     let db = Db::connect(&world.db_url).await?;
-    let drained_at = wait_until_done(&world, &db, &expected, scenario.deadline).await;
+    let drained_at = wait_until_done(
+        &world,
+        &db,
+        &expected,
+        scenario.deadline,
+        scenario.fault.webhooks(),
+    )
+    .await;
     let drained_at = match drained_at {
         Ok(t) => t,
         Err(e) => {
@@ -494,7 +559,11 @@ pub async fn run(scenario: &Scenario) -> anyhow::Result<Report> {
     {
         let mut guard = processes.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let (operator, dispatcher) = &mut *guard;
-        for p in [operator, dispatcher] {
+        let mut sink = sink.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for p in [Some(operator), Some(dispatcher), sink.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             if !p.is_running() {
                 report.problems.push(format!(
                     "{} is not running at the end (log {})",
@@ -526,9 +595,11 @@ async fn inject(
     scenario: &Scenario,
     world: &World,
     processes: &Mutex<(ServiceProcess, ServiceProcess)>,
-    expected: usize,
+    sink: &Mutex<Option<ServiceProcess>>,
+    emails: &[(uuid::Uuid, String)],
     published: &tokio::sync::Notify,
 ) -> anyhow::Result<Injected> {
+    let expected = emails.len();
     let mut injected = Injected::default();
     let third = (expected / 3).max(1);
     let lock = || processes.lock().map_err(|_| anyhow::anyhow!("poisoned"));
@@ -625,6 +696,55 @@ async fn inject(
             }
             injected.ended();
         }
+        Fault::WebhookFlood {
+            operator_kills,
+            sink_kills,
+        } => {
+            published.notified().await;
+            at_smtp(world, expected).await;
+            let flood =
+                webhooks::Flood::new(world.sink_port, WEBHOOK_SECRET, emails, scenario.seed)?;
+            let total = flood.total();
+            let posting = flood.post_all();
+            let killing = async {
+                let mut plan: Vec<(usize, bool)> = moments(scenario.seed, operator_kills, total)
+                    .into_iter()
+                    .map(|at| (at, true))
+                    .chain(
+                        moments(scenario.seed + 1, sink_kills, total)
+                            .into_iter()
+                            .map(|at| (at, false)),
+                    )
+                    .collect();
+                plan.sort_unstable();
+                for (at, operator) in plan {
+                    // Poll the flood's progress (it moves by itself; this is no timing guess).
+                    while flood.answered() < at {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if operator {
+                        let mut guard = lock()?;
+                        guard.0.kill();
+                        guard.0 = world.operator()?;
+                        injected.operator_kills += 1;
+                    } else {
+                        let mut guard = sink.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                        if let Some(old) = guard.as_mut() {
+                            old.kill();
+                        }
+                        *guard = Some(world.webhook_sink()?);
+                        injected.sink_kills += 1;
+                    }
+                    injected.ended();
+                }
+                anyhow::Ok(())
+            };
+            let (posted, killed) = tokio::join!(posting, killing);
+            killed?;
+            let (posts, retries) = posted?;
+            injected.webhook_posts = posts;
+            injected.webhook_retries = retries;
+        }
         Fault::StopDbImmediate(d) => {
             at_smtp(world, third).await;
             let pg = world.pg.as_ref().context("no private database")?;
@@ -667,6 +787,17 @@ impl Db {
             .await?;
         Ok(row.get(0))
     }
+
+    async fn delivered_count(&self) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(DISTINCT email_id) FROM events WHERE event_type = 'delivered'",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
 }
 
 /// Waits until every expected email has its final event and the dispatching queues are empty
@@ -676,13 +807,17 @@ async fn wait_until_done(
     db: &Db,
     expected: &BTreeMap<uuid::Uuid, &Request>,
     deadline: Duration,
+    webhooks: bool,
 ) -> anyhow::Result<Instant> {
     let until = Instant::now() + deadline;
     let want = expected.len() as i64;
     let topology = world.topology();
     let mut last;
     loop {
-        let finals = db.final_count().await.unwrap_or(-1);
+        let mut finals = db.final_count().await.unwrap_or(-1);
+        if webhooks {
+            finals = finals.min(db.delivered_count().await.unwrap_or(-1));
+        }
         if finals >= want {
             let quiet = async {
                 let connection = world.connect().await?;
@@ -813,7 +948,7 @@ async fn count(
         .filter(|(t, _)| {
             matches!(
                 t.as_str(),
-                "accepted" | "queued" | "dispatched" | "failed" | "suppressed"
+                "accepted" | "queued" | "dispatched" | "failed" | "suppressed" | "delivered"
             )
         })
         .map(|(_, n)| (*n - 1).max(0) as u64)
@@ -875,6 +1010,30 @@ async fn count(
         report.problems.push(format!(
             "{unknown} messages at SMTP with an unknown X-Mailtrail-Id"
         ));
+    }
+    if scenario.fault.webhooks() {
+        let missing = expected
+            .keys()
+            .filter(|id| {
+                !events
+                    .get(&id.to_string())
+                    .is_some_and(|m| m.contains_key("delivered"))
+            })
+            .count();
+        report.notes.push(format!(
+            "{} webhooks posted ({} answered non-2xx or not at all, posted again), {} operator and {} sink kills; {} of {} emails without their delivered event",
+            injected.webhook_posts,
+            injected.webhook_retries,
+            injected.operator_kills,
+            injected.sink_kills,
+            missing,
+            expected.len()
+        ));
+        if missing > 0 {
+            report
+                .problems
+                .push(format!("{missing} webhook events lost"));
+        }
     }
     if let Some((took, ok)) = injected.term_exit {
         report.notes.push(format!("SIGTERM → exit in {took:.1?}"));

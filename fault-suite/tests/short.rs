@@ -1,7 +1,7 @@
 //! The short fault suite, part of the test command: a few hundred emails per scenario, outages
 //! of a few seconds, faults through TCP proxies and process kills, plus one private-database and
 //! one private-broker scenario (the rest is the full suite, `scripts/fault-suite.sh`). Needs the
-//! operator and dispatcher binaries, which `cargo test --workspace` builds.
+//! operator, dispatcher and webhook-sink binaries, which `cargo test --workspace` builds.
 
 use mailtrail_fault_suite::{Fault, Scenario, run, text_table};
 use std::time::Duration;
@@ -52,6 +52,20 @@ async fn a_black_holed_database_loses_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_down_loses_nothing_and_sends_nothing_twice() {
     check("SMTP down 3 s", Fault::SmtpDown(Duration::from_secs(3))).await;
+}
+
+/// Every email's `delivered` webhook posted three times, shuffled, while the operator and the
+/// webhook sink are killed: each recorded once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_flood_through_killed_services_records_each_event_once() {
+    check(
+        "webhooks ×3, kill -9 operator and sink",
+        Fault::WebhookFlood {
+            operator_kills: 1,
+            sink_kills: 1,
+        },
+    )
+    .await;
 }
 
 /// A private PostgreSQL cluster (about 1.5 s to set up) stopped with `-m immediate`.
