@@ -17,7 +17,10 @@ pub struct PrivatePg {
 /// The directory of `initdb`/`pg_ctl`: `pg_config --bindir` if it holds them, else the newest
 /// `/usr/lib/postgresql/*/bin` (no version is assumed).
 pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if dir.join("initdb").exists() && dir.join("pg_ctl").exists() {
             return Ok(dir);

@@ -67,10 +67,15 @@ impl PrivateRabbit {
             ("RABBITMQ_PID_FILE", format!("{dir}/pid")),
         ];
         let _ = std::fs::remove_file(self.dir.join("pid"));
-        let status = as_service_user("rabbitmq", Path::new("rabbitmq-server"), &["-detached"], &envs)
-            .status()
-            .await
-            .context("running rabbitmq-server")?;
+        let status = as_service_user(
+            "rabbitmq",
+            Path::new("rabbitmq-server"),
+            &["-detached"],
+            &envs,
+        )
+        .status()
+        .await
+        .context("running rabbitmq-server")?;
         if !status.success() {
             bail!("rabbitmq-server -detached: {status}");
         }
@@ -105,10 +110,7 @@ impl PrivateRabbit {
         .output()
         .await?;
         if !out.status.success() {
-            bail!(
-                "rabbitmqctl stop: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("rabbitmqctl stop: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
