@@ -6,8 +6,9 @@ use mailtrail_fault_suite::{full_suite, markdown_table, run, text_table};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// The full fault suite: real operator and dispatcher processes, one fault per scenario, every
-/// email counted. Needs the operator and dispatcher binaries built in the same target directory.
+/// The full fault suite: real operator, dispatcher and webhook-sink processes, one fault per
+/// scenario, every email counted (docs/reliability.md). Needs those three binaries built in the
+/// same target directory, and root for the private RabbitMQ node and PostgreSQL cluster.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
