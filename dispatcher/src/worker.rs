@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use std::time::Instant;
+use tracing::Instrument;
 
 pub const SERVICE: &str = "dispatcher";
 
@@ -93,6 +94,27 @@ impl Dispatcher {
                     .await;
             }
         };
+        // This hop's span of the request's trace: every log line about the job carries the
+        // email id and trace id, and the outcome's tracking event continues the trace.
+        let traceparent = headers::continue_trace(delivery.header(headers::TRACEPARENT).as_deref());
+        let span = tracing::info_span!(
+            "dispatch",
+            email_id = %job.email_id,
+            job_id = %job.job_id,
+            attempt = job.attempt,
+            trace_id = headers::trace_id_of(&traceparent).unwrap_or_default(),
+        );
+        self.handle_job(delivery, &job, &traceparent)
+            .instrument(span)
+            .await
+    }
+
+    async fn handle_job(
+        &self,
+        delivery: &Incoming,
+        job: &DispatchJob,
+        traceparent: &str,
+    ) -> anyhow::Result<Handled> {
         let (outcome, replayed) = match self.memory.begin((job.job_id, job.attempt)) {
             Begin::Done(outcome) => (outcome, true),
             Begin::InFlight(receiver) => match wait_for(receiver).await {
@@ -102,7 +124,7 @@ impl Dispatcher {
             Begin::Fresh(slot) => {
                 let in_flight = metrics::gauge!("mailtrail_dispatch_in_flight");
                 in_flight.increment(1.0);
-                let outcome = self.attempt(&job).await;
+                let outcome = self.attempt(job).await;
                 in_flight.decrement(1.0);
                 // Remember before reporting: if reporting fails, the redelivery must not send
                 // again.
@@ -110,7 +132,8 @@ impl Dispatcher {
                 (outcome, false)
             }
         };
-        self.report(delivery, &job, &outcome).await?;
+        self.report(delivery, job, &outcome, traceparent).await?;
+        log_outcome(&outcome, replayed);
         if !replayed {
             // Counted once reported (confirmed), never again for a redelivery's replay.
             metrics::counter!(
@@ -318,6 +341,7 @@ impl Dispatcher {
         delivery: &Incoming,
         job: &DispatchJob,
         outcome: &Outcome,
+        traceparent: &str,
     ) -> anyhow::Result<()> {
         let provider_down = matches!(
             outcome.kind,
@@ -333,7 +357,7 @@ impl Dispatcher {
         let mut messages = vec![OutgoingMessage {
             routing_key: self.topology.queue(Queue::Tracking),
             body: serde_json::to_vec(&event)?,
-            properties: json_properties(&event.event_id.to_string(), job_headers(job)),
+            properties: json_properties(&event.event_id.to_string(), job_headers(job, traceparent)),
         }];
         if let Some(delay) = delay {
             let next = DispatchJob {
@@ -349,7 +373,10 @@ impl Dispatcher {
             messages.push(OutgoingMessage {
                 routing_key: self.topology.retry_queue(work_queue, delay),
                 body: serde_json::to_vec(&next)?,
-                properties: json_properties(&next.job_id.to_string(), job_headers(&next)),
+                properties: json_properties(
+                    &next.job_id.to_string(),
+                    job_headers(&next, traceparent),
+                ),
             });
         }
         if let OutcomeKind::Failed {
@@ -381,7 +408,27 @@ impl Dispatcher {
     }
 }
 
-fn job_headers(job: &DispatchJob) -> FieldTable {
+/// One line per handled job (inside its span, so with its email id and trace id): sends at
+/// debug, anything else at info or warn.
+fn log_outcome(outcome: &Outcome, replayed: bool) {
+    let provider = outcome.provider;
+    match &outcome.kind {
+        OutcomeKind::Dispatched { .. } => {
+            tracing::debug!(provider, replayed, "sent");
+        }
+        OutcomeKind::Deferred {
+            reason,
+            provider_down,
+        } => tracing::info!(provider, replayed, provider_down, reason, "deferred"),
+        OutcomeKind::Bounced { reason } => tracing::info!(provider, replayed, reason, "bounced"),
+        OutcomeKind::Failed { reason, exhausted } => {
+            tracing::warn!(provider, replayed, exhausted, reason, "failed")
+        }
+    }
+}
+
+/// The headers of every message the dispatcher publishes about `job`.
+fn job_headers(job: &DispatchJob, traceparent: &str) -> FieldTable {
     let mut table = FieldTable::default();
     let mut put = |name: &str, value: String| {
         table.insert(name.into(), AMQPValue::LongString(value.into()));
@@ -390,6 +437,7 @@ fn job_headers(job: &DispatchJob) -> FieldTable {
     put(headers::REQUEST_KEY, job.request_key.clone());
     put(headers::TENANT, job.tenant.clone());
     put(headers::JOB_ID, job.job_id.to_string());
+    put(headers::TRACEPARENT, traceparent.to_owned());
     table.insert(
         headers::ATTEMPT.into(),
         AMQPValue::LongLongInt(i64::from(job.attempt)),

@@ -585,6 +585,7 @@ async fn reopen_replayed_jobs(
                 "replay_of": dead_letter,
                 "replayed_by": principal.key_id.to_string(),
             }),
+            trace_id: None,
         })
         .collect();
     // Locks the email rows (in id order) before the summaries change.

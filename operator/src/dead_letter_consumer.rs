@@ -357,6 +357,7 @@ async fn record_exhausted(
                 "exhausted": true,
                 "recorded_from": "dead-letter",
             }),
+            trace_id: None,
         });
     }
     let recorded = record_events(conn, failed).await?;

@@ -23,12 +23,14 @@ pub struct NewEvent {
     pub provider_event_id: Option<String>,
     pub provider_message_id: Option<String>,
     pub details: serde_json::Value,
+    /// The trace id of the hop that reported it (`headers::trace_id_of`), when it carried one.
+    pub trace_id: Option<String>,
 }
 
 impl NewEvent {
     /// A reported tracking event, recorded for `email_id`; the provider's message id is stored
     /// in the form webhooks are matched against.
-    pub fn reported(event: &TrackingEvent, email_id: Uuid) -> NewEvent {
+    pub fn reported(event: &TrackingEvent, email_id: Uuid, trace_id: Option<String>) -> NewEvent {
         NewEvent {
             event_id: event.event_id,
             email_id,
@@ -39,6 +41,7 @@ impl NewEvent {
             provider_event_id: event.provider_event_id.clone(),
             provider_message_id: normalized_message_id(event),
             details: event.details.clone(),
+            trace_id,
         }
     }
 }
@@ -114,6 +117,7 @@ async fn record_round(
     let mut provider_event_ids = Vec::with_capacity(events.len());
     let mut provider_message_ids = Vec::with_capacity(events.len());
     let mut details = Vec::with_capacity(events.len());
+    let mut trace_ids = Vec::with_capacity(events.len());
     for e in events {
         event_ids.push(e.event_id);
         email_ids.push(e.email_id);
@@ -126,15 +130,17 @@ async fn record_round(
         provider_event_ids.push(e.provider_event_id);
         provider_message_ids.push(e.provider_message_id);
         details.push(e.details);
+        trace_ids.push(e.trace_id);
     }
     diesel::sql_query(
         r#"
         WITH incoming AS (
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int2[], $5::int2[],
                                  $6::timestamptz[], $7::text[], $8::jsonb[], $9::text[],
-                                 $10::text[], $11::text[])
+                                 $10::text[], $11::text[], $13::text[])
                 AS i(event_id, email_id, event_type, lifecycle_rank, precedence, occurred_at,
-                     source, details, provider, provider_event_id, provider_message_id)
+                     source, details, provider, provider_event_id, provider_message_id,
+                     trace_id)
             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = i.event_id)
               -- The same provider event for this email under another id (another key's scope):
               -- recorded once, and the email is not bumped for it.
@@ -176,9 +182,11 @@ async fn record_round(
          RETURNING m.last_seq AS seq, incoming.*
         )
         INSERT INTO events (event_id, email_id, seq, event_type, lifecycle_rank, occurred_at,
-                            source, details, provider, provider_event_id, provider_message_id)
+                            source, details, provider, provider_event_id, provider_message_id,
+                            trace_id)
         SELECT b.event_id, b.email_id, b.seq, b.event_type, b.lifecycle_rank, b.occurred_at,
-               b.source, b.details, b.provider, b.provider_event_id, b.provider_message_id
+               b.source, b.details, b.provider, b.provider_event_id, b.provider_message_id,
+               b.trace_id
           FROM bumped b
         ON CONFLICT DO NOTHING
         "#,
@@ -200,6 +208,7 @@ async fn record_round(
             .map(|t| t.as_str().to_owned())
             .collect::<Vec<_>>(),
     )
+    .bind::<Array<Nullable<Text>>, _>(trace_ids)
     .execute(conn)
     .await
 }
@@ -219,6 +228,7 @@ mod tests {
             provider_event_id: None,
             provider_message_id: None,
             details: serde_json::json!({}),
+            trace_id: None,
         }
     }
 

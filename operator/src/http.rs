@@ -306,6 +306,7 @@ type EventRow = (
     serde_json::Value,
     Option<String>,
     Option<String>,
+    Option<String>,
 );
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -321,6 +322,10 @@ pub struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_event_id: Option<String>,
     pub details: serde_json::Value,
+    /// The W3C trace id of the hop that reported the event (32 hex digits): search the services'
+    /// logs for it. Absent when the report carried no trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What happened to an email, at a glance. Counts and first times are sums and minimums, so
@@ -445,6 +450,7 @@ pub(crate) async fn message_history(
                         events::details,
                         events::provider,
                         events::provider_event_id,
+                        events::trace_id,
                     ))
                     .load(conn)
                     .await?;
@@ -505,6 +511,7 @@ pub(crate) async fn message_history(
                     details,
                     provider,
                     provider_event_id,
+                    trace_id,
                 )| EventView {
                     event_type,
                     occurred_at,
@@ -514,6 +521,7 @@ pub(crate) async fn message_history(
                     provider,
                     provider_event_id,
                     details,
+                    trace_id,
                 },
             )
             .collect(),

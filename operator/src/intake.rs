@@ -46,6 +46,8 @@ pub enum IntakeOutcome {
     Accepted {
         request_id: Uuid,
         email_ids: Vec<Uuid>,
+        /// The trace its emails' events and dispatch jobs carry (`traceparent`'s trace id).
+        trace_id: Option<String>,
     },
     /// The same request (same tenant, key and content) was already recorded: nothing new.
     Duplicate { request_id: Uuid },
@@ -313,7 +315,9 @@ impl Intake {
                 Priority::High => Queue::DispatchingPriority,
                 Priority::Normal => Queue::Dispatching,
             };
-            let traceparent = continued_traceparent(message);
+            let traceparent =
+                headers::continue_trace(message.header(headers::TRACEPARENT).as_deref());
+            let trace_id = headers::trace_id_of(&traceparent);
             // A past or present send_at is simply "now".
             let due_at = request.send_at.filter(|at| *at > now);
             let mut email_ids = Vec::with_capacity(request.to.len());
@@ -358,6 +362,7 @@ impl Intake {
                         "key_source": request.key_source.as_str(),
                         "priority": request.priority,
                     }),
+                    trace_id: trace_id.clone(),
                 });
                 if let (Some(due_at), None) = (due_at, suppression) {
                     accepted_events.push(NewEvent {
@@ -370,6 +375,7 @@ impl Intake {
                         provider_event_id: None,
                         provider_message_id: None,
                         details: serde_json::json!({ "send_at": due_at }),
+                        trace_id: trace_id.clone(),
                     });
                 }
                 // On the suppression list: recorded, never dispatched (no outbox row).
@@ -390,12 +396,14 @@ impl Intake {
                             "source_event_id": suppression.source_event_id,
                             "expires_at": suppression.expires_at,
                         }),
+                        trace_id: trace_id.clone(),
                     });
                 }
             }
             outcomes.push(IntakeOutcome::Accepted {
                 request_id,
                 email_ids,
+                trace_id,
             });
         }
 
@@ -471,6 +479,21 @@ fn is_data_error(error: &anyhow::Error) -> bool {
     })
 }
 
+/// Email ids as one comma-separated log field.
+struct EmailIds<'a>(&'a [Uuid]);
+
+impl std::fmt::Display for EmailIds<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, id) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Logs an outcome and counts it (`mailtrail_intake_requests_total{outcome}`, and
 /// `mailtrail_intake_emails_total` for the emails accepted requests create).
 fn log_outcome(message: &Incoming, outcome: &IntakeOutcome) {
@@ -478,8 +501,15 @@ fn log_outcome(message: &Incoming, outcome: &IntakeOutcome) {
         IntakeOutcome::Accepted {
             request_id,
             email_ids,
+            trace_id,
         } => {
-            tracing::info!(%request_id, emails = email_ids.len(), "request accepted");
+            // The email ids themselves, so a search for one email finds its request's line.
+            tracing::info!(
+                %request_id,
+                email_ids = %EmailIds(email_ids),
+                trace_id = trace_id.as_deref().unwrap_or_default(),
+                "request accepted"
+            );
             metrics::counter!("mailtrail_intake_emails_total").increment(email_ids.len() as u64);
             "accepted"
         }
@@ -499,17 +529,6 @@ fn log_outcome(message: &Incoming, outcome: &IntakeOutcome) {
         }
     };
     metrics::counter!("mailtrail_intake_requests_total", "outcome" => counted).increment(1);
-}
-
-/// The incoming `traceparent`'s trace continued with a new span, or a new trace.
-fn continued_traceparent(message: &Incoming) -> String {
-    let span_id = (Uuid::new_v4().as_u128() as u64).max(1);
-    let trace_id = message
-        .header(headers::TRACEPARENT)
-        .and_then(|value| headers::parse_traceparent(&value))
-        .map(|(trace, _)| trace)
-        .unwrap_or_else(|| Uuid::new_v4().as_u128());
-    headers::traceparent(trace_id, span_id)
 }
 
 /// The message's properties as JSON, for the dead-letter record.

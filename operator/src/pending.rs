@@ -98,7 +98,8 @@ pub async fn attach(conn: &mut AsyncPgConnection, email_ids: &[Uuid]) -> anyhow:
             attached.set_aside += 1;
             continue;
         }
-        events.push(NewEvent::reported(&event, row.email_id));
+        // The trace of a report that waited is not kept (the event body carries none).
+        events.push(NewEvent::reported(&event, row.email_id, None));
     }
     attached.recorded = record_events(conn, events).await?;
     Ok(attached)

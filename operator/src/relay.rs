@@ -286,6 +286,7 @@ impl Relay {
                     "queue": self.topology.queue(queue_of(job)),
                     "attempt": job.attempt,
                 }),
+                trace_id: job.traceparent.as_deref().and_then(headers::trace_id_of),
             })
             .collect();
         record_events(conn, events).await?;

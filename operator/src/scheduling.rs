@@ -114,6 +114,7 @@ pub async fn cancel(
                     "was_due_at": was_due_at,
                     "cancelled_by_key": principal.key_id,
                 }),
+                trace_id: None,
             }],
         )
         .await?;

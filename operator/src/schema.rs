@@ -61,6 +61,7 @@ diesel::table! {
         provider_event_id -> Nullable<Text>,
         provider_message_id -> Nullable<Text>,
         details -> Jsonb,
+        trace_id -> Nullable<Text>,
     }
 }
 

@@ -68,6 +68,8 @@ struct QueuedEvent {
     request_key: Option<String>,
     #[diesel(sql_type = Nullable<Jsonb>)]
     metadata: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Text>)]
+    trace_id: Option<String>,
 }
 
 impl QueuedEvent {
@@ -146,7 +148,7 @@ impl StatusRelay {
         let queued: Vec<QueuedEvent> = sql_query(
             r#"
             SELECT s.id AS outbox_row, e.event_id, e.email_id, e.seq, e.event_type, e.occurred_at,
-                   e.source, e.provider, e.provider_message_id, e.details,
+                   e.source, e.provider, e.provider_message_id, e.details, e.trace_id,
                    m.tenant, m.recipient->>'address' AS recipient,
                    r.id AS request_id, r.request_key, r.metadata
               FROM (SELECT id, event_row FROM status_outbox
@@ -169,8 +171,11 @@ impl StatusRelay {
         if let Some(publisher) = &self.publisher {
             let messages = queued
                 .into_iter()
-                .filter_map(QueuedEvent::status_event)
-                .map(|event| message_for(&event))
+                .filter_map(|queued| {
+                    let trace_id = queued.trace_id.clone();
+                    Some((queued.status_event()?, trace_id))
+                })
+                .map(|(event, trace_id)| message_for(&event, trace_id.as_deref()))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             publisher
                 .publish_to_exchange(&self.exchange, &messages)
@@ -186,7 +191,9 @@ impl StatusRelay {
     }
 }
 
-fn message_for(event: &StatusEvent) -> anyhow::Result<OutgoingMessage> {
+/// The status event's message; its `traceparent` continues the trace the event was recorded in,
+/// so an app's own handling joins the email's trace.
+fn message_for(event: &StatusEvent, trace_id: Option<&str>) -> anyhow::Result<OutgoingMessage> {
     let mut table = FieldTable::default();
     let mut put = |name: &str, value: String| {
         table.insert(name.into(), AMQPValue::LongString(value.into()));
@@ -194,6 +201,7 @@ fn message_for(event: &StatusEvent) -> anyhow::Result<OutgoingMessage> {
     put(headers::EMAIL_ID, event.email_id.to_string());
     put(headers::TENANT, event.tenant.clone());
     put(headers::REQUEST_KEY, event.id.clone());
+    put(headers::TRACEPARENT, headers::continue_trace_id(trace_id));
     let properties = json_properties(&event.event_id.to_string(), table)
         .with_type(event.event_type.as_str().into());
     Ok(OutgoingMessage {

@@ -159,7 +159,7 @@ impl Tracker {
                             outcomes.push(TrackingOutcome::Duplicate { email_id });
                             continue;
                         }
-                        events.push(NewEvent::reported(event, email_id));
+                        events.push(NewEvent::reported(event, email_id, trace_id(message)));
                         outcomes.push(TrackingOutcome::Recorded { email_id });
                     }
                     let mut touched: Vec<Uuid> = events.iter().map(|e| e.email_id).collect();
@@ -224,22 +224,32 @@ impl Tracker {
             .publish_all(&copies)
             .await
             .context("cannot set rejected tracking messages aside")?;
-        for outcome in &outcomes {
+        for ((message, decoded), outcome) in batch.iter().zip(&decoded).zip(&outcomes) {
+            let trace_id = trace_id(message).unwrap_or_default();
+            let event_type = decoded.as_ref().map_or("", |e| e.event_type.as_str());
             let counted = match outcome {
                 TrackingOutcome::SetAside { reason, detail } => {
-                    tracing::warn!(reason, detail, "tracking message set aside");
+                    let email_id = decoded.as_ref().ok().and_then(|e| e.email_id);
+                    tracing::warn!(
+                        email_id = email_id.map(|id| id.to_string()),
+                        event_type,
+                        trace_id,
+                        reason,
+                        detail,
+                        "tracking message set aside"
+                    );
                     "set_aside"
                 }
                 TrackingOutcome::Recorded { email_id } => {
-                    tracing::debug!(%email_id, "tracking event recorded");
+                    tracing::debug!(%email_id, event_type, trace_id, "tracking event recorded");
                     "recorded"
                 }
                 TrackingOutcome::Duplicate { email_id } => {
-                    tracing::debug!(%email_id, "duplicate tracking event");
+                    tracing::debug!(%email_id, event_type, trace_id, "duplicate tracking event");
                     "duplicate"
                 }
                 TrackingOutcome::Pending { event_id } => {
-                    tracing::info!(%event_id, "tracking event waits for its email");
+                    tracing::info!(%event_id, event_type, trace_id, "tracking event waits for its email");
                     "pending"
                 }
             };
@@ -400,4 +410,11 @@ async fn resolve(
         by_id,
         by_message_id,
     })
+}
+
+/// The trace id of the hop that published `message` (its `traceparent` header), if well formed.
+fn trace_id(message: &Incoming) -> Option<String> {
+    message
+        .header(mailtrail_shared::headers::TRACEPARENT)
+        .and_then(|tp| mailtrail_shared::headers::trace_id_of(&tp))
 }

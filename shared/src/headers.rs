@@ -60,9 +60,38 @@ pub fn parse_traceparent(value: &str) -> Option<(u128, u64)> {
     if flags.len() != 2 || parts.next().is_some() && version == "00" {
         return None;
     }
+    // Lowercase hex only (W3C); `from_str_radix` alone would also take a `+` or uppercase.
+    let lower_hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if ![version, trace, span, flags].into_iter().all(lower_hex) {
+        return None;
+    }
     let trace_id = u128::from_str_radix(trace, 16).ok()?;
     let span_id = u64::from_str_radix(span, 16).ok()?;
     (trace_id != 0 && span_id != 0).then_some((trace_id, span_id))
+}
+
+/// This hop's `traceparent`: the parent's trace continued with a new span id, or a new trace
+/// when the parent is absent or malformed.
+pub fn continue_trace(parent: Option<&str>) -> String {
+    let span_id = (uuid::Uuid::new_v4().as_u128() as u64).max(1);
+    let trace_id = parent
+        .and_then(parse_traceparent)
+        .map(|(trace, _)| trace)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().as_u128());
+    traceparent(trace_id, span_id)
+}
+
+/// A `traceparent` with a new span in the trace `trace_id` (32 lowercase hex digits, as
+/// `trace_id_of` gives and events record), or a new trace when it is absent or malformed.
+pub fn continue_trace_id(trace_id: Option<&str>) -> String {
+    let parent = trace_id.map(|trace| format!("00-{trace}-0000000000000001-01"));
+    continue_trace(parent.as_deref())
+}
+
+/// The trace id (32 lowercase hex digits) of a well-formed `traceparent`: what log lines and
+/// recorded events carry, so one search finds every hop of a request.
+pub fn trace_id_of(traceparent: &str) -> Option<String> {
+    parse_traceparent(traceparent).map(|(trace, _)| format!("{trace:032x}"))
 }
 
 #[cfg(test)]
@@ -85,5 +114,38 @@ mod tests {
             parse_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
             None
         );
+    }
+
+    #[test]
+    fn a_hop_continues_the_trace_with_a_span_of_its_own() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let child = continue_trace(Some(parent));
+        assert_eq!(
+            trace_id_of(&child).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_ne!(
+            parse_traceparent(&child).map(|(_, span)| span),
+            Some(0x00f067aa0ba902b7)
+        );
+        let from_recorded = continue_trace_id(Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(
+            trace_id_of(&from_recorded).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert!(parse_traceparent(&continue_trace_id(Some("not-a-trace"))).is_some());
+        // No parent, or garbage (uppercase, a sign): a new, well-formed trace.
+        for parent in [
+            None,
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"),
+            Some("00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ] {
+            let fresh = continue_trace(parent);
+            assert!(parse_traceparent(&fresh).is_some(), "{fresh}");
+            assert_ne!(
+                trace_id_of(&fresh).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+        }
     }
 }

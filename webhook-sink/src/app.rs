@@ -384,7 +384,15 @@ async fn receive(
         ))),
     };
     match outcome {
-        Ok(Outcome::Publish(verified)) => hand_over(&state, verified).await,
+        Ok(Outcome::Publish(verified)) => {
+            // The provider's request starts (or, with a `traceparent`, continues) the trace its
+            // events carry to the operator.
+            let parent = request
+                .headers()
+                .get(headers::TRACEPARENT)
+                .and_then(|value| value.to_str().ok());
+            hand_over(&state, verified, &headers::continue_trace(parent)).await
+        }
         Ok(Outcome::Answer(response)) => response,
         Err(refusal) => refusal.response(&provider),
     }
@@ -569,7 +577,8 @@ async fn receive_ses(
 
 /// Publishes a verified request's events (and set-aside copies of unmappable items), all with
 /// confirms, before answering 200.
-async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
+async fn hand_over(state: &State, verified: Verified, traceparent: &str) -> HttpResponse {
+    let trace_id = headers::trace_id_of(traceparent).unwrap_or_default();
     let Verified {
         provider,
         tenant,
@@ -587,10 +596,29 @@ async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
                     Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
                 };
                 accepted += 1;
+                let mut table = FieldTable::default();
+                table.insert(
+                    headers::TRACEPARENT.into(),
+                    AMQPValue::LongString(traceparent.into()),
+                );
+                if let Some(email_id) = event.email_id {
+                    table.insert(
+                        headers::EMAIL_ID.into(),
+                        AMQPValue::LongString(email_id.to_string().into()),
+                    );
+                }
+                tracing::debug!(
+                    provider,
+                    email_id = event.email_id.map(|id| id.to_string()),
+                    provider_message_id = event.provider_message_id.as_deref(),
+                    event_type = event.event_type.as_str(),
+                    trace_id,
+                    "webhook event verified"
+                );
                 messages.push(OutgoingMessage {
                     routing_key: state.topology.queue(Queue::Tracking),
                     body,
-                    properties: json_properties(&event.event_id.to_string(), Default::default()),
+                    properties: json_properties(&event.event_id.to_string(), table),
                 });
             }
             Item::Ignored(what) => {
@@ -618,7 +646,7 @@ async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
                     queue_name: format!("webhook:{provider}"),
                     redelivered: false,
                 };
-                tracing::warn!(provider, detail, "webhook event set aside");
+                tracing::warn!(provider, detail, trace_id, "webhook event set aside");
                 let copy = SetAside::for_message(&original, "unmapped_event", &detail, SERVICE);
                 messages.push(copy.message_for(&original, &state.topology));
             }
@@ -633,7 +661,7 @@ async fn hand_over(state: &State, verified: Verified) -> HttpResponse {
             );
         };
         if let Err(error) = publisher.publish_all(&messages).await {
-            tracing::error!(%error, "cannot hand webhook events to the broker");
+            tracing::error!(%error, trace_id, "cannot hand webhook events to the broker");
             return problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the events could not be handed to the broker; retry later",

@@ -239,3 +239,89 @@ async fn without_the_broker_requests_get_503_and_it_recovers() {
     sink.stop.cancel();
     sink.handle.await.expect("joins").expect("stops cleanly");
 }
+
+/// The tracking messages on `queue`: each one's `traceparent` header and body.
+async fn take_traced(broker: &TestBroker, queue: Queue) -> Vec<(Option<String>, TrackingEvent)> {
+    let connection = broker.connect().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let mut taken = Vec::new();
+    while let Some(message) = channel
+        .basic_get(
+            broker.topology().queue(queue).as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        let traceparent = mailtrail_broker::header_string(
+            &message.delivery.properties,
+            mailtrail_shared::headers::TRACEPARENT,
+        );
+        let event = serde_json::from_slice(&message.delivery.data).expect("a tracking event");
+        taken.push((traceparent, event));
+    }
+    taken
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhooks_trace_continues_into_its_tracking_events() {
+    use mailtrail_shared::headers::{parse_traceparent, trace_id_of};
+    mailtrail_test_support::init_tracing();
+    let broker = TestBroker::new();
+    let sink = start(&broker, amqp_url()).await;
+    let now = chrono::Utc::now().timestamp();
+    let email = Uuid::new_v4();
+
+    // The provider (or a proxy in front of the sink) sent a trace: both events continue it,
+    // each hop with a span of its own.
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let batch = format!(
+        "[{}, {}]",
+        event_body(email, "delivered"),
+        event_body(email, "opened")
+    );
+    let mut headers = signed_headers(ACME_OLD, "msg_traced", now, batch.as_bytes());
+    headers.push(("traceparent".into(), parent.into()));
+    let (status, answer) = post(sink.port, &headers, batch.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let traced = take_traced(&broker, Queue::Tracking).await;
+    assert_eq!(traced.len(), 2);
+    for (traceparent, event) in &traced {
+        let traceparent = traceparent.as_deref().expect("a traceparent header");
+        assert_eq!(
+            trace_id_of(traceparent).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{event:?}"
+        );
+        assert_ne!(
+            parse_traceparent(traceparent).map(|(_, span)| span),
+            Some(0x00f067aa0ba902b7),
+            "the sink's hop has a span of its own"
+        );
+    }
+
+    // Without one (or with garbage), each request starts a trace of its own.
+    let mut traces = Vec::new();
+    for (n, sent) in [None, Some("garbage")].into_iter().enumerate() {
+        let body = event_body(email, "clicked");
+        let mut headers =
+            signed_headers(ACME_OLD, &format!("msg_untraced_{n}"), now, body.as_bytes());
+        if let Some(sent) = sent {
+            headers.push(("traceparent".into(), sent.into()));
+        }
+        let (status, answer) = post(sink.port, &headers, body.as_bytes()).await;
+        assert_eq!(status, 200, "{answer}");
+        let traced = take_traced(&broker, Queue::Tracking).await;
+        assert_eq!(traced.len(), 1);
+        let trace = traced[0]
+            .0
+            .as_deref()
+            .and_then(trace_id_of)
+            .expect("a well-formed trace");
+        assert_ne!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        traces.push(trace);
+    }
+    assert_ne!(traces[0], traces[1], "two requests, two traces");
+    sink.stop.cancel();
+    sink.handle.await.expect("join").expect("sink run");
+}

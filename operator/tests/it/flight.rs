@@ -30,31 +30,38 @@ pub fn dispatcher_on_port(
     amqp_url: Option<String>,
     port: u16,
 ) -> ServiceProcess {
+    dispatcher_with_env(world, smtp, amqp_url, port, &[])
+}
+
+/// Like [`dispatcher_on_port`], with `extra` settings (they win over the defaults).
+pub fn dispatcher_with_env(
+    world: &World,
+    smtp: &SmtpCapture,
+    amqp_url: Option<String>,
+    port: u16,
+    extra: &[(&'static str, String)],
+) -> ServiceProcess {
     let program = target_bin("dispatcher");
     assert!(
         program.exists(),
         "{} is missing: run the tests with `cargo test --workspace` (scripts/test.sh does)",
         program.display()
     );
-    ServiceProcess::spawn(
-        "dispatcher",
-        program,
-        &[],
-        &[
-            (
-                "MAILTRAIL_AMQP_URL",
-                amqp_url.unwrap_or_else(mailtrail_test_support::amqp_url),
-            ),
-            ("MAILTRAIL_AMQP_HEARTBEAT_SECS", "2".to_owned()),
-            ("MAILTRAIL_QUEUE_PREFIX", world.broker.prefix().to_owned()),
-            ("MAILTRAIL_SMTP_URL", smtp.url()),
-            ("MAILTRAIL_SMTP_TIMEOUT_MS", "3000".to_owned()),
-            ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("MAILTRAIL_RETRY_SCHEDULE", "1s".to_owned()),
-            ("MAILTRAIL_MAX_ATTEMPTS", "60".to_owned()),
-        ],
-    )
-    .expect("start the dispatcher")
+    let mut env = vec![
+        (
+            "MAILTRAIL_AMQP_URL",
+            amqp_url.unwrap_or_else(mailtrail_test_support::amqp_url),
+        ),
+        ("MAILTRAIL_AMQP_HEARTBEAT_SECS", "2".to_owned()),
+        ("MAILTRAIL_QUEUE_PREFIX", world.broker.prefix().to_owned()),
+        ("MAILTRAIL_SMTP_URL", smtp.url()),
+        ("MAILTRAIL_SMTP_TIMEOUT_MS", "3000".to_owned()),
+        ("MAILTRAIL_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("MAILTRAIL_RETRY_SCHEDULE", "1s".to_owned()),
+        ("MAILTRAIL_MAX_ATTEMPTS", "60".to_owned()),
+    ];
+    env.extend_from_slice(extra);
+    ServiceProcess::spawn("dispatcher", program, &[], &env).expect("start the dispatcher")
 }
 
 fn request(n: usize) -> String {

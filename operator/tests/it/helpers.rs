@@ -219,9 +219,11 @@ pub async fn timeline(world: &World, email: uuid::Uuid) -> String {
 
 /// Waits until the operator's HTTP API on `port` answers.
 pub async fn api_ready(port: u16) {
-    mailtrail_test_support::eventually("the API answers", Duration::from_secs(20), || async {
-        (mailtrail_test_support::http_get(port, "/healthz", None)
+    // `try_http_get`: a process still starting refuses connections, which is not a failure.
+    mailtrail_test_support::eventually("the API answers", Duration::from_secs(30), || async {
+        (mailtrail_test_support::try_http_get(port, "/healthz", None)
             .await
+            .ok()?
             .0
             == 200)
             .then_some(())

@@ -29,5 +29,6 @@ mod status_events;
 mod suppressions;
 mod suppressions_live;
 mod tenant_binding;
+mod trace_context;
 mod tracking;
 mod webhooks;

@@ -91,6 +91,7 @@ fn event(
         provider_event_id: None,
         provider_message_id: None,
         details,
+        trace_id: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn event(email: Uuid, event_type: EventType, occurred_at: DateTime<Utc>) -> NewE
         provider_event_id: None,
         provider_message_id: None,
         details: json!({}),
+        trace_id: None,
     }
 }
 
