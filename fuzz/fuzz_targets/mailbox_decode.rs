@@ -21,7 +21,10 @@ struct Input<'a> {
 }
 
 fn no_crlf(what: &str, value: &str) {
-    assert!(!value.contains(['\r', '\n']), "{what} {value:?} holds CR or LF");
+    assert!(
+        !value.contains(['\r', '\n']),
+        "{what} {value:?} holds CR or LF"
+    );
 }
 
 /// What goes into a mail header parses back to the same address.
@@ -53,7 +56,10 @@ fn as_json(request: &MailboxRequest, priority: Priority) -> Vec<u8> {
     });
     let object = body.as_object_mut().expect("an object");
     for (name, value) in [
-        ("reply_to", request.reply_to.as_ref().map(ToString::to_string)),
+        (
+            "reply_to",
+            request.reply_to.as_ref().map(ToString::to_string),
+        ),
         ("text", request.text.clone()),
         ("html", request.html.clone()),
         ("send_at", request.send_at.map(|t| t.to_rfc3339())),

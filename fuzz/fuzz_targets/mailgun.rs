@@ -50,9 +50,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let tokens = TokenCache::new(WINDOW * 2, 16);
     assert_eq!(tokens.check(&fields.token, body), Seen::Fine);
-    assert_eq!(tokens.check(&fields.token, body), Seen::Fine, "a retry is fine");
+    assert_eq!(
+        tokens.check(&fields.token, body),
+        Seen::Fine,
+        "a retry is fine"
+    );
     let mut other = body.to_vec();
     other.push(b' ');
-    assert_eq!(tokens.check(&fields.token, &other), Seen::Reused, "another body is not");
+    assert_eq!(
+        tokens.check(&fields.token, &other),
+        Seen::Reused,
+        "another body is not"
+    );
     check_items(PROVIDER, &[normalise(&envelope.event_data)]);
 });

@@ -50,7 +50,11 @@ fuzz_target!(|input: Input<'_>| {
         let genuine = testing::sign(signing, ts, input.body);
         // ECDSA signatures are randomised by nonce; ours is deterministic (RFC 6979), and a
         // fuzzer-made one is a forgery unless it is ours.
-        assert_eq!(input.signature.map(str::trim), Some(genuine.as_str()), "forged");
+        assert_eq!(
+            input.signature.map(str::trim),
+            Some(genuine.as_str()),
+            "forged"
+        );
     }
 
     // Signed here: accepted exactly inside the window, then normalised.

@@ -37,7 +37,9 @@ fuzz_target!(|pem: &[u8]| {
     let future = verify(envelope, &cache, *now, Duration::from_secs(600));
     // The fetcher answers at once, so one poll finishes it.
     let mut future = std::pin::pin!(future);
-    let Poll::Ready(verdict) = future.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    let Poll::Ready(verdict) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
     else {
         panic!("verification waited on a fetcher that answered at once");
     };

@@ -54,8 +54,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(text.ends_with(&format!("Type\n{}\n", envelope.message_type)));
         }
         Err(_) => assert!(
-            envelope.kind().is_err()
-                || envelope.kind() != Ok(MessageType::Notification),
+            envelope.kind().is_err() || envelope.kind() != Ok(MessageType::Notification),
             "a Notification always has a string to sign"
         ),
     }
@@ -63,6 +62,9 @@ fuzz_target!(|data: &[u8]| {
     let json = serde_json::to_vec(&envelope).expect("serialises");
     assert_eq!(SnsEnvelope::from_json(&json).expect("reads back"), envelope);
     if envelope.kind() == Ok(MessageType::Notification) {
-        check_items(PROVIDER, &normalise(&envelope.message_id, &envelope.message));
+        check_items(
+            PROVIDER,
+            &normalise(&envelope.message_id, &envelope.message),
+        );
     }
 });

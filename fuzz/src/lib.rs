@@ -14,7 +14,9 @@ pub fn check_items(provider: &str, items: &[Item]) {
             Item::Event(event) => {
                 let tracking = event.clone().into_tracking(provider, "acme");
                 if let Err(why) = tracking.validate() {
-                    panic!("{provider}: a normalised event the operator refuses ({why}): {tracking:#?}");
+                    panic!(
+                        "{provider}: a normalised event the operator refuses ({why}): {tracking:#?}"
+                    );
                 }
                 let json = serde_json::to_vec(&tracking).expect("a tracking event serialises");
                 let back: TrackingEvent = serde_json::from_slice(&json).unwrap_or_else(|e| {
@@ -23,7 +25,10 @@ pub fn check_items(provider: &str, items: &[Item]) {
                         String::from_utf8_lossy(&json)
                     )
                 });
-                assert_eq!(back, tracking, "{provider}: JSON round trip changed the event");
+                assert_eq!(
+                    back, tracking,
+                    "{provider}: JSON round trip changed the event"
+                );
                 assert!(
                     !event.provider_event_id.is_empty(),
                     "{provider}: an event without identity cannot be de-duplicated"

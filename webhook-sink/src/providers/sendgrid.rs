@@ -78,14 +78,17 @@ fn normalise_one(event: &Value) -> Item {
             text(event, "/url").unwrap_or_default()
         ),
     };
-    Item::Event(ProviderEvent {
-        event_type,
-        mailtrail_id: mailtrail_id(event.get(MAILTRAIL_ID)),
-        provider_message_id: message_id,
-        provider_event_id,
-        occurred_at,
-        details: details.into_map(),
-    })
+    Item::event(
+        ProviderEvent {
+            event_type,
+            mailtrail_id: mailtrail_id(event.get(MAILTRAIL_ID)),
+            provider_message_id: message_id,
+            provider_event_id,
+            occurred_at,
+            details: details.into_map(),
+        },
+        event,
+    )
 }
 
 #[cfg(test)]
