@@ -15,6 +15,11 @@
 # docs/hostile-input.md.
 set -euo pipefail
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+    exit 0
+fi
+
 cd "$(dirname "$0")/.."
 root=$PWD
 seconds=${MAILTRAIL_FUZZ_SECONDS:-60}

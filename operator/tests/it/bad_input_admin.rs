@@ -3,7 +3,7 @@
 //! list/show/replay/discard, suppressions, sign-in and session) a table of bad path parameters,
 //! bad query strings and bad JSON bodies (wrong types, invalid UTF-8, deep nesting, over-size,
 //! CR/LF in values), each with the status the API defines, always as problem+json and never a
-//! 5xx; then good requests are still served. Takes about 3 s.
+//! 5xx; then good requests are still served. Takes about 10 s (the operator starting included).
 
 use crate::helpers::{World, api_ready};
 use mailtrail_operator::keys::{self, Role};
