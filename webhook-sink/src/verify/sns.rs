@@ -355,7 +355,7 @@ fn parse_certificate(pem: &[u8]) -> Result<(RsaPublicKey, i64, i64), String> {
         .ok_or("the signing certificate PEM has no END line")?;
     // PEM to DER first, then DER from a slice: der 0.7's PEM reader (`Certificate::from_pem`)
     // loops forever on some inputs (an empty SEQUENCE, found by fuzz/sns_certificate).
-    let (label, der) = x509_cert::der::pem::decode_vec(text[start..end].as_bytes())
+    let (label, der) = x509_cert::der::pem::decode_vec(&text.as_bytes()[start..end])
         .map_err(|e| format!("the signing certificate is not PEM: {e}"))?;
     if label != "CERTIFICATE" {
         return Err("the signing certificate is not PEM".into());
