@@ -84,6 +84,10 @@ impl Operator {
             actix_web::App::new()
                 .app_data(actix_web::web::Data::new(state.clone()))
                 .app_data(actix_web::web::PathConfig::default())
+                .wrap(actix_web::middleware::ErrorHandlers::new().handler(
+                    actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    http::too_large_as_problem,
+                ))
                 // Every answer: never sniffed into another type, never framed, no referrer.
                 // The page's own answers carry their stricter policy (`crate::page`).
                 .wrap(

@@ -127,6 +127,36 @@ impl ResponseError for ApiError {
     }
 }
 
+/// actix refuses an over-size body itself (413, in plain text) before any handler runs: the
+/// answer becomes the same problem+json as every other error. Wrapped around the whole app.
+pub fn too_large_as_problem<B>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_problem = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let (request, _) = response.into_parts();
+    let status = StatusCode::PAYLOAD_TOO_LARGE;
+    let problem = HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .json(crate::openapi::Problem {
+            problem_type: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: "the request body is larger than the API accepts".to_owned(),
+        });
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(request, problem).map_into_right_body(),
+    ))
+}
+
 /// Registers every route on an actix `App`.
 pub fn routes(config: &mut web::ServiceConfig) {
     config

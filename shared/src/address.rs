@@ -230,9 +230,11 @@ impl fmt::Display for Address {
         match &self.display_name {
             None => f.write_str(&self.address),
             Some(name) => {
-                let plain = name
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == ' ' || "!#$%&'*+-/=?^_`{|}~".contains(c));
+                // Unquoted, a name's outer spaces would be lost when the header is read back.
+                let plain = name.trim() == name
+                    && name.chars().all(|c| {
+                        c.is_alphanumeric() || c == ' ' || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                    });
                 if plain {
                     write!(f, "{name} <{}>", self.address)
                 } else {
@@ -250,6 +252,27 @@ mod tests {
 
     fn ok(input: &str) -> Address {
         parse_address(input).unwrap_or_else(|e| panic!("{input:?} refused: {e}"))
+    }
+
+    /// Fuzzing found it (fuzz/mailbox_decode, docs/hostile-input.md): a quoted name with an
+    /// outer space was written unquoted, so the header read back as another name.
+    #[test]
+    fn every_address_reads_back_from_its_header_form() {
+        for input in [
+            "\"emcA \" <news@acme.test>",
+            "\" Ann\" <ann@example.com>",
+            "\"  \" <ann@example.com>",
+            "Ann Lee <ann@example.com>",
+            "\"Lee, Ann \\\"A\\\"\" <ann@example.com>",
+        ] {
+            let address = ok(input);
+            let shown = address.to_string();
+            assert_eq!(ok(&shown), address, "{input:?} shown as {shown:?}");
+        }
+        assert_eq!(
+            ok("\"emcA \" <news@acme.test>").to_string(),
+            "\"emcA \" <news@acme.test>"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod bad_input_admin;
 mod browser;
 mod crash;
 mod dead_letters;

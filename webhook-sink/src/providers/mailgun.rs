@@ -96,14 +96,17 @@ pub fn normalise(event: &Value) -> Item {
         other => return Item::unmapped(format!("unknown Mailgun event {other:?}"), event),
     };
     let date = occurred_at.format("%Y-%m-%d");
-    Item::Event(ProviderEvent {
-        event_type,
-        mailtrail_id: mailtrail_id(event.pointer(&format!("/user-variables/{MAILTRAIL_ID}"))),
-        provider_message_id: text(event, "/message/headers/message-id").map(str::to_owned),
-        provider_event_id: format!("{date}:{id}"),
-        occurred_at,
-        details: details.into_map(),
-    })
+    Item::event(
+        ProviderEvent {
+            event_type,
+            mailtrail_id: mailtrail_id(event.pointer(&format!("/user-variables/{MAILTRAIL_ID}"))),
+            provider_message_id: text(event, "/message/headers/message-id").map(str::to_owned),
+            provider_event_id: format!("{date}:{id}"),
+            occurred_at,
+            details: details.into_map(),
+        },
+        event,
+    )
 }
 
 #[cfg(test)]

@@ -48,12 +48,25 @@ pub enum Item {
     },
 }
 
+/// Why an event naming neither our id nor the provider's message id is set aside.
+pub const NO_EMAIL_REFERENCE: &str =
+    "the event names neither our mailtrail_id nor the provider's message id";
+
 impl Item {
     pub fn unmapped(detail: impl Into<String>, raw: &Value) -> Item {
         Item::Unmapped {
             detail: detail.into(),
             raw: serde_json::to_vec(raw).unwrap_or_default(),
         }
+    }
+
+    /// `event`, unless it can never be matched to an email: then it is set aside here with its
+    /// raw bytes (published, the operator would only refuse it as an invalid tracking event).
+    pub fn event(event: ProviderEvent, raw: &Value) -> Item {
+        if event.mailtrail_id.is_none() && event.provider_message_id.is_none() {
+            return Item::unmapped(NO_EMAIL_REFERENCE, raw);
+        }
+        Item::Event(event)
     }
 }
 
@@ -219,6 +232,42 @@ pub fn items_of(body: &[u8]) -> Result<Vec<Value>, String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Fuzzing found these (fuzz/, docs/hostile-input.md): a verified event that names neither
+    /// our id nor the provider's message id was published, and the operator set it aside as an
+    /// invalid tracking event. It is set aside here, with its raw bytes, for every provider.
+    #[test]
+    fn events_naming_no_email_are_set_aside_not_published() {
+        fn set_aside(provider: &str, items: Vec<Item>) {
+            assert_eq!(items.len(), 1, "{provider}: {items:?}");
+            match &items[0] {
+                Item::Unmapped { detail, raw } => {
+                    assert_eq!(detail, NO_EMAIL_REFERENCE, "{provider}");
+                    assert!(!raw.is_empty(), "{provider}: the raw event is kept");
+                }
+                other => panic!("{provider}: published {other:?}"),
+            }
+        }
+        // The fuzzer's Mailgun input: a failure without message headers or user variables.
+        let mailgun_event = json!({"event": "failed", "id": "mg-1", "timestamp": 1796119200.25,
+            "recipient": "ann@example.com", "mesn": "bounce"});
+        set_aside("mailgun", vec![mailgun::normalise(&mailgun_event)]);
+        // The fuzzer's SES input: the `mail` object misspelt, so no tags and no messageId.
+        let ses_event = r#"{"eventType": "Bounce", "maiv": {"messageId": "x"},
+            "bounce": {"bounceType": "Permanent", "timestamp": "2026-12-01T10:00:01.000Z",
+            "bouncedRecipients": [{"emailAddress": "ann@example.com"}]}}"#;
+        set_aside("ses", ses::normalise("22b80b92", ses_event));
+        let sendgrid = br#"[{"event": "delivered", "timestamp": 1796119200, "email": "a@x.test"}]"#;
+        set_aside("sendgrid", sendgrid::normalise(sendgrid).expect("JSON"));
+        let postmark = br#"{"RecordType": "Delivery", "DeliveredAt": "2026-12-01T10:00:00Z"}"#;
+        set_aside(
+            "postmark",
+            postmark::normalise(postmark, Some("t")).expect("JSON"),
+        );
+        let resend = br#"{"type": "email.delivered", "created_at": "2026-12-01T10:00:01Z",
+            "data": {"to": ["a@x.test"]}}"#;
+        set_aside("resend", resend::normalise(resend, "msg_1").expect("JSON"));
+    }
 
     #[test]
     fn details_keep_only_what_is_there() {

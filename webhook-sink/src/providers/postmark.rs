@@ -108,14 +108,17 @@ fn normalise_one(record: &Value, trace_id: Option<&str>) -> Item {
             text(record, "/OriginalLink").unwrap_or_default(),
         ),
     };
-    Item::Event(ProviderEvent {
-        event_type,
-        mailtrail_id: mailtrail_id(record.pointer(&format!("/Metadata/{MAILTRAIL_ID}"))),
-        provider_message_id: message_id,
-        provider_event_id,
-        occurred_at,
-        details: details.into_map(),
-    })
+    Item::event(
+        ProviderEvent {
+            event_type,
+            mailtrail_id: mailtrail_id(record.pointer(&format!("/Metadata/{MAILTRAIL_ID}"))),
+            provider_message_id: message_id,
+            provider_event_id,
+            occurred_at,
+            details: details.into_map(),
+        },
+        record,
+    )
 }
 
 #[cfg(test)]

@@ -80,14 +80,17 @@ fn normalise_one(event: &Value, webhook_id: &str) -> Item {
         other => return Item::unmapped(format!("unknown Resend event {other:?}"), event),
     };
     let occurred_at = rfc3339(&data, "/click/timestamp").unwrap_or(occurred_at);
-    Item::Event(ProviderEvent {
-        event_type,
-        mailtrail_id: tag_id(&data).or_else(|| mailtrail_id_from_headers(data.get("headers"))),
-        provider_message_id: text(&data, "/email_id").map(str::to_owned),
-        provider_event_id: webhook_id.to_owned(),
-        occurred_at,
-        details: details.into_map(),
-    })
+    Item::event(
+        ProviderEvent {
+            event_type,
+            mailtrail_id: tag_id(&data).or_else(|| mailtrail_id_from_headers(data.get("headers"))),
+            provider_message_id: text(&data, "/email_id").map(str::to_owned),
+            provider_event_id: webhook_id.to_owned(),
+            occurred_at,
+            details: details.into_map(),
+        },
+        event,
+    )
 }
 
 #[cfg(test)]

@@ -78,14 +78,17 @@ fn normalise_one(event: &Value) -> Item {
             text(event, "/url").unwrap_or_default()
         ),
     };
-    Item::Event(ProviderEvent {
-        event_type,
-        mailtrail_id: mailtrail_id(event.get(MAILTRAIL_ID)),
-        provider_message_id: message_id,
-        provider_event_id,
-        occurred_at,
-        details: details.into_map(),
-    })
+    Item::event(
+        ProviderEvent {
+            event_type,
+            mailtrail_id: mailtrail_id(event.get(MAILTRAIL_ID)),
+            provider_message_id: message_id,
+            provider_event_id,
+            occurred_at,
+            details: details.into_map(),
+        },
+        event,
+    )
 }
 
 #[cfg(test)]
@@ -110,8 +113,8 @@ mod tests {
         let id = Uuid::from_u128(5).to_string();
         let batch = format!(
             r#"[{{"event":"bounce","type":"bounce","status":"5.1.1","reason":"550 no such user","email":"a@x.test","timestamp":1700000000,"sg_event_id":"e1","mailtrail_id":"{id}"}},
-                {{"event":"bounce","type":"blocked","status":"4.7.1","email":"a@x.test","timestamp":1700000001,"sg_event_id":"e2"}},
-                {{"event":"open","sg_machine_open":true,"useragent":"Mozilla","ip":"198.51.100.1","email":"a@x.test","timestamp":1700000002,"sg_event_id":"e3"}},
+                {{"event":"bounce","type":"blocked","status":"4.7.1","email":"a@x.test","timestamp":1700000001,"sg_event_id":"e2","sg_message_id":"abc.def"}},
+                {{"event":"open","sg_machine_open":true,"useragent":"Mozilla","ip":"198.51.100.1","email":"a@x.test","timestamp":1700000002,"sg_event_id":"e3","sg_message_id":"abc.def"}},
                 {{"event":"click","url":"https://x.test/","email":"a@x.test","timestamp":1700000003,"sg_message_id":"abc.def"}},
                 {{"event":"processed","email":"a@x.test","timestamp":1700000000}},
                 {{"event":"warp","timestamp":1700000000}},

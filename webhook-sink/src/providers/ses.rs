@@ -75,6 +75,9 @@ pub fn normalise(sns_message_id: &str, message: &str) -> Vec<Item> {
     let our_id = mailtrail_id(mail.pointer(&format!("/tags/{MAILTRAIL_ID}")))
         .or_else(|| mailtrail_id_from_headers(mail.get("headers")));
     let message_id = text(&mail, "/messageId").map(str::to_owned);
+    if our_id.is_none() && message_id.is_none() {
+        return vec![Item::unmapped(super::NO_EMAIL_REFERENCE, &event)];
+    }
 
     let mut base = Details::new(name);
     base.copy("ip", &object, "/ipAddress")

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use x509_cert::Certificate;
-use x509_cert::der::{DecodePem, Encode};
+use x509_cert::der::{Decode, Encode};
 
 /// The JSON body SNS posts, with its field names; the Lambda-style `…Url` spellings are
 /// accepted too.
@@ -353,7 +353,14 @@ fn parse_certificate(pem: &[u8]) -> Result<(RsaPublicKey, i64, i64), String> {
         .find(END)
         .map(|at| start + at + END.len())
         .ok_or("the signing certificate PEM has no END line")?;
-    let certificate = Certificate::from_pem(&text[start..end])
+    // PEM to DER first, then DER from a slice: der 0.7's PEM reader (`Certificate::from_pem`)
+    // loops forever on some inputs (an empty SEQUENCE, found by fuzz/sns_certificate).
+    let (label, der) = x509_cert::der::pem::decode_vec(&text.as_bytes()[start..end])
+        .map_err(|e| format!("the signing certificate is not PEM: {e}"))?;
+    if label != "CERTIFICATE" {
+        return Err("the signing certificate is not PEM".into());
+    }
+    let certificate = Certificate::from_der(&der)
         .map_err(|e| format!("the signing certificate does not parse: {e}"))?;
     let tbs = &certificate.tbs_certificate;
     let spki = tbs
@@ -610,6 +617,34 @@ mod tests {
             .collect();
         let body = serde_json::to_vec(&object).expect("JSON");
         SnsEnvelope::from_json(&body).expect("an envelope")
+    }
+
+    /// Fuzzing found it (fuzz/sns_certificate, docs/hostile-input.md): an empty SEQUENCE in
+    /// the served PEM made the certificate parser loop forever, holding a sink worker. Run on a
+    /// thread so that a regression fails here instead of hanging the suite.
+    #[test]
+    fn hostile_certificates_are_refused_without_hanging() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n";
+        let (done, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(parse_certificate(pem).map(|_| ()));
+        });
+        let verdict = answer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the parser answers within 10 s");
+        assert!(verdict.is_err(), "{verdict:?}");
+        // Other labels, bad base64 and no END line are refused too; a real certificate parses.
+        for bad in [
+            &b"-----BEGIN PUBLIC KEY-----\nMA==\n-----END PUBLIC KEY-----\n"[..],
+            b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+            b"-----BEGIN CERTIFICATE-----\nMA==\n",
+        ] {
+            assert!(parse_certificate(bad).is_err());
+        }
+        let key = &keys().0;
+        let pem = self_signed_certificate_pem(key);
+        let (parsed, _, _) = parse_certificate(pem.as_bytes()).expect("a certificate");
+        assert_eq!(parsed, key.to_public_key());
     }
 
     #[test]
