@@ -77,7 +77,8 @@ pub struct DispatcherConfig {
     #[arg(long, env = "MAILTRAIL_SMTP_TLS_CA_FILE")]
     pub smtp_tls_ca_file: Option<std::path::PathBuf>,
 
-    /// Dispatch jobs in hand at once (the AMQP prefetch of the dispatching consumers).
+    /// Dispatch jobs in hand at once per dispatching queue (the AMQP prefetch of each of the two
+    /// consumers, normal and urgent): with both queues busy, up to twice this.
     #[arg(long, env = "MAILTRAIL_DISPATCH_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
 
