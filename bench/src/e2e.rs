@@ -128,7 +128,7 @@ pub async fn connect_db(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
         format!(
             "cannot connect to PostgreSQL ({})",
-            url.split('@').last().unwrap_or("")
+            url.rsplit('@').next().unwrap_or("")
         )
     })?;
     tokio::spawn(connection);
