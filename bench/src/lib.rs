@@ -156,6 +156,14 @@ fn machine() -> Value {
     })
 }
 
+/// The port of a URL like `scheme://user:pass@host:port/path`.
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
+}
+
 fn closed_json(run: &e2e::ClosedRun) -> Value {
     json!({"rate_per_s": round2(run.rate), "wall_s": round2(run.wall_seconds),
            "status_outbox_drained_after_s": round2(run.status_drain_seconds),
@@ -176,6 +184,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .cycle()
         .take(args.body_bytes)
         .collect();
+    let servers = stats::set_server_ports(
+        url_port(&args.amqp_url).unwrap_or(5672),
+        url_port(&args.database_url).unwrap_or(5432),
+    );
+    anyhow::ensure!(
+        servers.rabbitmq.is_some() && servers.postgresql.is_some(),
+        "cannot find the RabbitMQ and PostgreSQL server processes by their ports ({servers:?}); \
+         their CPU is part of the figures (run as root, on the machine that runs them)"
+    );
     let mut report = Report::default();
     let mut machine = machine();
     let admin = e2e::admin_db(&args).await?;

@@ -4,7 +4,6 @@
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -60,16 +59,35 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU seconds of every process whose command name is `comm`, plus the CPU of their children
-/// that already exited and were reaped by a process outside the group (a PostgreSQL backend that
-/// ended is counted in the postmaster's cutime/cstime). Differences of two readings are the
-/// group's CPU in between.
-pub fn group_cpu_seconds(comm: &str) -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut members: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for entry in entries.flatten() {
+/// The pid of the process listening on TCP `port` (IPv4 or IPv6), from `/proc/net/tcp*` and
+/// the processes' open sockets. Several RabbitMQ or PostgreSQL servers may run on one machine
+/// (private ones for fault tests); the one the benchmark talks to is the one on its port.
+pub fn listener_pid(port: u16) -> Option<u32> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A" && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -77,19 +95,45 @@ pub fn group_cpu_seconds(comm: &str) -> f64 {
         else {
             continue;
         };
-        if let Some((name, fields)) = stat_fields(pid)
-            && name == comm
-        {
-            members.insert(pid, fields);
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && inodes.iter().any(|i| target.as_os_str() == i.as_str())
+            {
+                return Some(pid);
+            }
         }
     }
-    let mut total = 0.0;
-    for fields in members.values() {
-        total += ticks(fields, 11) + ticks(fields, 12);
-        let parent: u32 = fields.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if !members.contains_key(&parent) {
-            // The group's root (the postmaster): its reaped children count too.
-            total += ticks(fields, 13) + ticks(fields, 14);
+    None
+}
+
+/// CPU seconds of a server process and its children (PostgreSQL's postmaster and its backends,
+/// RabbitMQ's beam.smp and its helpers), including children that already exited (the root's
+/// cutime/cstime). The difference of two readings is the server's CPU in between.
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let Some((_, root_fields)) = stat_fields(root) else {
+        return 0.0;
+    };
+    let mut total: f64 = [11, 12, 13, 14]
+        .iter()
+        .map(|i| ticks(&root_fields, *i))
+        .sum();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((_, fields)) = stat_fields(pid)
+                && fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(root)
+            {
+                total += ticks(&fields, 11) + ticks(&fields, 12);
+            }
         }
     }
     total / clock_ticks()

@@ -59,15 +59,35 @@ pub struct CpuReading {
     by_process: BTreeMap<String, f64>,
 }
 
-/// Reads the broker (`beam.smp`), the database (every `postgres` process and what its
-/// postmaster reaped), the load generator (this process) and the given services.
+/// The broker's and the database's server processes, found once by the ports the benchmark
+/// uses (`set_server_ports`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Servers {
+    pub rabbitmq: Option<u32>,
+    pub postgresql: Option<u32>,
+}
+
+static SERVERS: std::sync::OnceLock<Servers> = std::sync::OnceLock::new();
+
+/// Finds the processes listening on the broker's and the database's ports.
+pub fn set_server_ports(amqp_port: u16, postgres_port: u16) -> Servers {
+    *SERVERS.get_or_init(|| Servers {
+        rabbitmq: procs::listener_pid(amqp_port),
+        postgresql: procs::listener_pid(postgres_port),
+    })
+}
+
+/// Reads the broker (beam.smp and its helpers), the database (the postmaster, its backends and
+/// the backends that already exited), the load generator (this process) and the services.
 pub fn read_cpu(services: &[&Service]) -> CpuReading {
+    let servers = SERVERS.get().copied().unwrap_or_default();
     let mut by_process = BTreeMap::new();
-    by_process.insert("rabbitmq".to_owned(), procs::group_cpu_seconds("beam.smp"));
-    by_process.insert(
-        "postgresql".to_owned(),
-        procs::group_cpu_seconds("postgres"),
-    );
+    if let Some(pid) = servers.rabbitmq {
+        by_process.insert("rabbitmq".to_owned(), procs::tree_cpu_seconds(pid));
+    }
+    if let Some(pid) = servers.postgresql {
+        by_process.insert("postgresql".to_owned(), procs::tree_cpu_seconds(pid));
+    }
     by_process.insert("load generator".to_owned(), procs::own_cpu_seconds());
     for service in services {
         by_process.insert(service.name.clone(), service.cpu_seconds());
