@@ -147,17 +147,23 @@ impl StatusRelay {
     async fn relay_in(&self, conn: &mut AsyncPgConnection) -> anyhow::Result<usize> {
         let queued: Vec<QueuedEvent> = sql_query(
             r#"
-            SELECT s.id AS outbox_row, e.event_id, e.email_id, e.seq, e.event_type, e.occurred_at,
-                   e.source, e.provider, e.provider_message_id, e.details, e.trace_id,
-                   m.tenant, m.recipient->>'address' AS recipient,
-                   r.id AS request_id, r.request_key, r.metadata
+            SELECT s.id AS outbox_row, x.*
               FROM (SELECT id, event_row FROM status_outbox
                      ORDER BY id
                      LIMIT $1
                      FOR UPDATE SKIP LOCKED) s
-              LEFT JOIN events e ON e.id = s.event_row
-              LEFT JOIN emails m ON m.id = e.email_id
-              LEFT JOIN requests r ON r.id = m.request_id
+              LEFT JOIN LATERAL (
+                    SELECT e.event_id, e.email_id, e.seq, e.event_type, e.occurred_at,
+                           e.source, e.provider, e.provider_message_id, e.details, e.trace_id,
+                           m.tenant, m.recipient->>'address' AS recipient,
+                           r.id AS request_id, r.request_key, r.metadata
+                      FROM events e
+                      LEFT JOIN emails m ON m.id = e.email_id
+                      LEFT JOIN requests r ON r.id = m.request_id
+                     WHERE e.id = s.event_row
+                    -- A fence: each claimed row is looked up by primary key. Joined plainly,
+                    -- the planner hash-joined the whole events table every round (mtbench).
+                    OFFSET 0) x ON true
              ORDER BY s.id
             "#,
         )
