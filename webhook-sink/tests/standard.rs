@@ -74,10 +74,11 @@ async fn post_signed(
     post(port, &signed_headers(secret, id, timestamp, body), body).await
 }
 
-async fn take_all(broker: &TestBroker, queue: Queue) -> Vec<Vec<u8>> {
+/// Every message waiting on `queue`, taken off it.
+async fn take_messages(broker: &TestBroker, queue: Queue) -> Vec<lapin::message::BasicGetMessage> {
     let connection = broker.connect().await;
     let channel = connection.create_channel().await.expect("channel");
-    let mut bodies = Vec::new();
+    let mut messages = Vec::new();
     while let Some(message) = channel
         .basic_get(
             broker.topology().queue(queue).as_str().into(),
@@ -86,9 +87,17 @@ async fn take_all(broker: &TestBroker, queue: Queue) -> Vec<Vec<u8>> {
         .await
         .expect("basic.get")
     {
-        bodies.push(message.delivery.data);
+        messages.push(message);
     }
-    bodies
+    messages
+}
+
+async fn take_all(broker: &TestBroker, queue: Queue) -> Vec<Vec<u8>> {
+    take_messages(broker, queue)
+        .await
+        .into_iter()
+        .map(|message| message.delivery.data)
+        .collect()
 }
 
 fn event_body(email: Uuid, event_type: &str) -> String {
@@ -242,25 +251,18 @@ async fn without_the_broker_requests_get_503_and_it_recovers() {
 
 /// The tracking messages on `queue`: each one's `traceparent` header and body.
 async fn take_traced(broker: &TestBroker, queue: Queue) -> Vec<(Option<String>, TrackingEvent)> {
-    let connection = broker.connect().await;
-    let channel = connection.create_channel().await.expect("channel");
-    let mut taken = Vec::new();
-    while let Some(message) = channel
-        .basic_get(
-            broker.topology().queue(queue).as_str().into(),
-            BasicGetOptions { no_ack: true },
-        )
+    take_messages(broker, queue)
         .await
-        .expect("basic.get")
-    {
-        let traceparent = mailtrail_broker::header_string(
-            &message.delivery.properties,
-            mailtrail_shared::headers::TRACEPARENT,
-        );
-        let event = serde_json::from_slice(&message.delivery.data).expect("a tracking event");
-        taken.push((traceparent, event));
-    }
-    taken
+        .into_iter()
+        .map(|message| {
+            let traceparent = mailtrail_broker::header_string(
+                &message.delivery.properties,
+                mailtrail_shared::headers::TRACEPARENT,
+            );
+            let event = serde_json::from_slice(&message.delivery.data).expect("a tracking event");
+            (traceparent, event)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

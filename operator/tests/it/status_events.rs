@@ -20,7 +20,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// Declares an app's queue bound to the events exchange with `pattern`.
-async fn app_queue(world: &World, suffix: &str, pattern: &str) -> String {
+pub async fn app_queue(world: &World, suffix: &str, pattern: &str) -> String {
     let name = world.broker.queue_name(suffix);
     world
         .channel

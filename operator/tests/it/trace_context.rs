@@ -6,8 +6,9 @@
 
 use crate::flight::dispatcher_with_env;
 use crate::helpers::{World, api_ready, http_get};
+use crate::status_events::app_queue;
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use mailtrail_broker::header_string;
 use mailtrail_operator::keys::{self, Role};
@@ -68,30 +69,7 @@ async fn an_apps_trace_runs_through_every_hop_and_every_log_line_names_the_email
     let world = World::new().await;
     let smtp = SmtpCapture::start().await.expect("smtp server");
     // An app listening to every status event of the tenant.
-    let app_queue = world.broker.queue_name("app-events");
-    world
-        .channel
-        .queue_declare(
-            app_queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare the app's queue");
-    world
-        .channel
-        .queue_bind(
-            app_queue.as_str().into(),
-            world.config.topology().events_exchange().as_str().into(),
-            "email.acme.*".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind the app's queue");
+    let app_queue = app_queue(&world, "app-events", "email.acme.*").await;
 
     let api = free_port();
     let mut operator_env = world.operator_env();
