@@ -236,7 +236,6 @@ impl Stack {
         args: &BenchArgs,
         http: &reqwest::Client,
     ) -> anyhow::Result<()> {
-        let prefix = self.prefix.clone();
         self.smtp_port = free_port()?;
         let smtp = Service::spawn(
             "smtp-capture",
@@ -254,49 +253,29 @@ impl Stack {
         self.smtp = Some(smtp);
         wait_tcp(self.smtp_port).await?;
 
-        let port = free_port()?;
-        let mut env = common_env(args, &prefix, port);
-        env.push((
-            "MAILTRAIL_SMTP_URL".into(),
-            format!("smtp://127.0.0.1:{}", self.smtp_port),
-        ));
-        env.push(("MAILTRAIL_SMTP_STARTTLS".into(), "off".into()));
-        let mut dispatcher = Service::spawn(
-            "dispatcher",
-            &args.bin("dispatcher"),
-            &[],
-            &env,
-            &self.log_dir,
-        )?;
-        wait_ready(
-            http,
-            &format!("http://127.0.0.1:{port}/readyz"),
-            &mut dispatcher,
-            Duration::from_secs(60),
-        )
-        .await?;
+        let (dispatcher, _) = self
+            .spawn_ready(
+                "dispatcher",
+                args,
+                http,
+                vec![
+                    ("MAILTRAIL_SMTP_URL".into(), self.smtp_url()),
+                    ("MAILTRAIL_SMTP_STARTTLS".into(), "off".into()),
+                ],
+            )
+            .await?;
         self.dispatcher = Some(dispatcher);
-
-        let port = free_port()?;
-        let mut env = common_env(args, &prefix, port);
-        env.push((
-            "MAILTRAIL_WEBHOOK_STANDARD_SECRETS".into(),
-            format!("bench={WEBHOOK_SECRET}"),
-        ));
-        let mut sink = Service::spawn(
-            "webhook-sink",
-            &args.bin("webhook-sink"),
-            &[],
-            &env,
-            &self.log_dir,
-        )?;
-        wait_ready(
-            http,
-            &format!("http://127.0.0.1:{port}/readyz"),
-            &mut sink,
-            Duration::from_secs(60),
-        )
-        .await?;
+        let (sink, port) = self
+            .spawn_ready(
+                "webhook-sink",
+                args,
+                http,
+                vec![(
+                    "MAILTRAIL_WEBHOOK_STANDARD_SECRETS".into(),
+                    format!("bench={WEBHOOK_SECRET}"),
+                )],
+            )
+            .await?;
         self.sink = Some(sink);
         self.sink_url = format!("http://127.0.0.1:{port}");
         Ok(())
@@ -312,23 +291,40 @@ impl Stack {
         args: &BenchArgs,
         http: &reqwest::Client,
     ) -> anyhow::Result<()> {
+        let database = args.database(&self.db_name);
+        let (operator, _) = self
+            .spawn_ready(
+                "operator",
+                args,
+                http,
+                vec![("MAILTRAIL_DATABASE_URL".into(), database)],
+            )
+            .await?;
+        self.operator = Some(operator);
+        Ok(())
+    }
+
+    /// Starts the service binary `name` with the common settings plus `extra` on a free HTTP
+    /// port, and waits until its `/readyz` answers; gives the service and that port.
+    async fn spawn_ready(
+        &self,
+        name: &str,
+        args: &BenchArgs,
+        http: &reqwest::Client,
+        extra: Vec<(String, String)>,
+    ) -> anyhow::Result<(Service, u16)> {
         let port = free_port()?;
         let mut env = common_env(args, &self.prefix, port);
-        env.push((
-            "MAILTRAIL_DATABASE_URL".into(),
-            args.database(&self.db_name),
-        ));
-        let mut operator =
-            Service::spawn("operator", &args.bin("operator"), &[], &env, &self.log_dir)?;
+        env.extend(extra);
+        let mut service = Service::spawn(name, &args.bin(name), &[], &env, &self.log_dir)?;
         wait_ready(
             http,
             &format!("http://127.0.0.1:{port}/readyz"),
-            &mut operator,
+            &mut service,
             Duration::from_secs(60),
         )
         .await?;
-        self.operator = Some(operator);
-        Ok(())
+        Ok((service, port))
     }
 
     fn check_running(&mut self) -> anyhow::Result<()> {
